@@ -1,0 +1,114 @@
+"""KV caches: what decoding keeps so each new token costs one token of work.
+
+Two kinds, one per MLA implementation:
+- NaiveCache: per-head keys [B, H, S, d_qk] and values [B, H, S, v_head_dim], the way plain multi-head
+  attention caches;
+- LatentCache: per token only [c_KV | k_rope], kv_lora_rank + qk_rope_head_dim numbers shared by all heads.
+Both also keep each slot's rotary position and whether it is padding, which attention masks need.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class GrowingTensor:
+    """A tensor that grows along one dim, reallocating by doubling so appends are amortised O(new)."""
+
+    def __init__(self, dim: int):
+        self.dim, self.length, self.buffer = dim, 0, None
+
+    def append(self, x: torch.Tensor) -> torch.Tensor:
+        """Append x along `dim`; returns a view of everything appended so far."""
+        n = x.shape[self.dim]
+        if self.buffer is None or self.length + n > self.buffer.shape[self.dim]:
+            capacity = max(2 * (self.length + n), 16)
+            shape = list(x.shape)
+            shape[self.dim] = capacity
+            grown = x.new_empty(shape)
+            if self.buffer is not None:
+                grown.narrow(self.dim, 0, self.length).copy_(self.view())
+            self.buffer = grown
+        self.buffer.narrow(self.dim, self.length, n).copy_(x)
+        self.length += n
+        return self.view()
+
+    def view(self) -> torch.Tensor:
+        return self.buffer.narrow(self.dim, 0, self.length)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the cached entries (not of spare capacity)."""
+        return 0 if self.buffer is None else self.view().numel() * self.buffer.element_size()
+
+
+class KVCache:
+    """Positions and padding of the cached slots, shared by all layers; subclasses add per-layer tensors."""
+
+    mla = ""  # which MLA implementation reads this cache
+
+    def __init__(self, num_layers: int):
+        self.num_layers = num_layers
+        self.positions = GrowingTensor(dim=1)   # [B, S] rotary position of each slot
+        self.valid = GrowingTensor(dim=1)       # [B, S] False where the slot is left padding
+        self.has_padding = False
+        self.next_position: torch.Tensor | None = None  # [B] position the next real token gets
+
+    @property
+    def length(self) -> int:
+        return self.positions.length
+
+    def add_positions(self, positions: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Record the new slots; returns (k_pos [B, S], k_valid [B, S] or None if nothing is padded)."""
+        self.has_padding |= not bool(valid.all())
+        k_valid = self.valid.append(valid)
+        return self.positions.append(positions), (k_valid if self.has_padding else None)
+
+    def tensors(self) -> list[GrowingTensor]:
+        raise NotImplementedError
+
+    def bytes_per_token(self) -> float:
+        """Bytes of K/V state per cached token, all layers, measured from the cache tensors themselves."""
+        batch = self.positions.view().shape[0]
+        return sum(t.nbytes for t in self.tensors()) / (batch * self.length)
+
+
+class NaiveCache(KVCache):
+    """Per-head K and V, up-projected from the latent before caching: H·(d_qk + v_head_dim) numbers per layer."""
+
+    mla = "naive"
+
+    def __init__(self, num_layers: int):
+        super().__init__(num_layers)
+        self.k = [GrowingTensor(dim=2) for _ in range(num_layers)]  # [B, H, S, d_qk]
+        self.v = [GrowingTensor(dim=2) for _ in range(num_layers)]  # [B, H, S, v_head_dim]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[layer].append(k), self.v[layer].append(v)
+
+    def tensors(self) -> list[GrowingTensor]:
+        return self.k + self.v
+
+
+class LatentCache(KVCache):
+    """MLA's cache: [c_KV | k_rope] per token, kv_lora_rank + qk_rope_head_dim numbers per layer."""
+
+    mla = "absorbed"
+
+    def __init__(self, num_layers: int):
+        super().__init__(num_layers)
+        self.kv = [GrowingTensor(dim=1) for _ in range(num_layers)]  # [B, S, kv_lora_rank + qk_rope_head_dim]
+
+    def update(self, layer: int, latent_and_rope: torch.Tensor) -> torch.Tensor:
+        return self.kv[layer].append(latent_and_rope)
+
+    def tensors(self) -> list[GrowingTensor]:
+        return self.kv
+
+
+def new_cache(mla: str, num_layers: int) -> KVCache:
+    """An empty cache for the MLA implementation `mla` ('naive' or 'absorbed')."""
+    kinds = {"naive": NaiveCache, "absorbed": LatentCache}
+    if mla not in kinds:
+        raise ValueError(f"mla must be 'naive' or 'absorbed', got {mla!r}")
+    return kinds[mla](num_layers)

@@ -1,0 +1,153 @@
+"""Sampling and streaming generation: prefill the prompt once, then one token per step from the KV cache."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class SamplingParams:
+    """temperature 0 = greedy; top_k 0 = off; top_p 1 = off."""
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        t = self.temperature
+        if not isinstance(t, (int, float)) or math.isnan(t) or t < 0 or math.isinf(t):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}")
+        p = self.top_p
+        if not isinstance(p, (int, float)) or math.isnan(p) or not 0 < p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 turns it off), got {p!r}")
+
+
+def next_token_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """logits [B, V] -> the distribution tokens are sampled from [B, V]: softmax(logits/τ) cut by top-k, top-p.
+
+    At τ = 0 it is one-hot on the argmax.
+    """
+    logits = logits.float()
+    if params.temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    logits = logits / params.temperature
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = logits.topk(params.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    if params.top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each token
+        sorted_p = sorted_p.masked_fill(before >= params.top_p, 0.0)  # the top token always survives
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits [B, V] -> token ids [B]."""
+    if params.temperature == 0:
+        return logits.argmax(-1)
+    return torch.multinomial(next_token_probs(logits, params), 1, generator=generator)[:, 0]
+
+
+def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 params: SamplingParams = SamplingParams(), max_new_tokens: int = 64, seed: int | None = 0,
+                 eos_ids: list[int] | None = None, mla: str | None = None, backend=None,
+                 on_logits=None) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, [B], once per step, until all rows hit EOS or max_new_tokens.
+
+    input_ids [B, T], left-padded where attention_mask [B, T] is 0. Rows that finished repeat their EOS.
+    on_logits(step, logits [B, V]) sees each step's logits before sampling (for showing the distribution).
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    device = model.device
+    input_ids = input_ids.to(device)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    eos = torch.tensor(eos_ids if eos_ids is not None else model.config.eos_ids, device=device, dtype=torch.long)
+    with torch.inference_mode():
+        cache = model.new_cache(mla)
+        logits = model(input_ids, cache=cache, attention_mask=attention_mask, backend=backend)[:, -1]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            if on_logits is not None:
+                on_logits(step, logits)
+            token = sample(logits, params, generator)
+            if done.any():
+                token = torch.where(done, eos[0], token)
+            yield token
+            done |= torch.isin(token, eos)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                return
+            logits = model(token[:, None], cache=cache, backend=backend)[:, -1]
+
+
+@dataclass
+class Step:
+    """One generated token, as streamed."""
+    index: int                 # 0 for the first generated token
+    token_id: int
+    text: str                  # text this token adds ('' while a character is still incomplete)
+    seconds: float             # time of this step; for index 0 it is the time to first token (prefill included)
+    elapsed: float             # seconds since generation started
+    finish_reason: str | None  # 'eos' or 'length' on the last step, else None
+
+
+def generate(model, tok: Tokenizer, prompt: str, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             max_new_tokens: int = 64, seed: int | None = 0, mla: str | None = None, backend=None,
+             on_logits=None) -> Iterator[Step]:
+    """Stream the continuation of `prompt` one Step at a time. Same seed, same text."""
+    params = SamplingParams(temperature, top_k, top_p)
+    ids = tok.encode(prompt) if isinstance(prompt, str) else None
+    if not ids:
+        raise ValueError("the prompt is empty: give at least one character of text")
+    eos_ids = model.config.eos_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    stream = tok.stream()
+    start = last = time.perf_counter()
+    tokens = generate_ids(model, torch.tensor([ids]), params=params, max_new_tokens=max_new_tokens, seed=seed,
+                          eos_ids=eos_ids, mla=mla, backend=backend, on_logits=on_logits)
+    for index, token in enumerate(tokens):
+        token_id = int(token[0])
+        now = time.perf_counter()
+        finish = "eos" if token_id in eos_ids else "length" if index == max_new_tokens - 1 else None
+        yield Step(index, token_id, stream.add(token_id), now - last, now - start, finish)
+        last = now
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists of different lengths -> input_ids [B, T], attention_mask [B, T], padded on the left."""
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token")
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def generate_batch(model, tok: Tokenizer, prompts: list[str], *, temperature: float = 0.0, top_k: int = 0,
+                   top_p: float = 1.0, max_new_tokens: int = 64, seed: int | None = 0,
+                   mla: str | None = None, backend=None) -> list[list[int]]:
+    """Generate for several prompts at once (left-padded, masked). Returns each row's new tokens, up to EOS."""
+    eos_ids = model.config.eos_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    pad = eos_ids[0] if eos_ids else 0
+    ids, mask = left_pad([tok.encode(p) for p in prompts], pad)
+    out: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * len(prompts)
+    for token in generate_ids(model, ids, mask, params=SamplingParams(temperature, top_k, top_p),
+                              max_new_tokens=max_new_tokens, seed=seed, eos_ids=eos_ids, mla=mla, backend=backend):
+        for row, t in enumerate(token.tolist()):
+            if not finished[row]:
+                out[row].append(t)
+                finished[row] = t in eos_ids
+    return out

@@ -1,0 +1,125 @@
+"""Multi-head Latent Attention (DeepSeek-V2/V3).
+
+Keys and values are not projected from x directly. x is first compressed into a small latent
+c_KV = RMSNorm(W_DKV x) of kv_lora_rank numbers, plus one rotary key k_rope shared by all heads. Per-head keys
+and values are up-projections of the latent: [k_nope | v] = W_UKV c_KV.
+
+Two ways to run it, equal in exact arithmetic:
+- naive: up-project K and V for every head and cache those (H·(d_qk + d_v) numbers per token and layer);
+- absorbed: since q·k_nope = q·(W_UK c) = (W_UKᵀ q)·c, fold W_UK into the query and W_UV into the output,
+  and attend over the latent itself; the cache keeps only [c_KV | k_rope] (kv_lora_rank + d_rope numbers).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .. import trace
+from ..cache import KVCache, LatentCache, NaiveCache
+from ..config import ModelConfig
+from .norm import RMSNorm
+from .rope import apply_rope
+
+
+class MLA(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer, self.name = cfg, layer, f"layers.{layer}.attn"
+        d, h = cfg.hidden_size, cfg.num_attention_heads
+        self.n_heads, self.d_nope, self.d_rope, self.d_v = h, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.rank = cfg.kv_lora_rank
+        if cfg.q_lora_rank:
+            self.q_a_proj = nn.Linear(d, cfg.q_lora_rank, bias=cfg.attention_bias)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, h * cfg.qk_head_dim, bias=False)
+        else:
+            self.q_proj = nn.Linear(d, h * cfg.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(d, self.rank + self.d_rope, bias=cfg.attention_bias)
+        self.kv_a_layernorm = RMSNorm(self.rank)
+        self.kv_b_proj = nn.Linear(self.rank, h * (self.d_nope + self.d_v), bias=False)
+        self.o_proj = nn.Linear(h * self.d_v, d, bias=cfg.attention_bias)
+        self.scale = cfg.softmax_scale
+
+    def forward(self, x, rope, q_pos, cache: KVCache | None, backend, mla: str) -> torch.Tensor:
+        """x [B, T, D], rope = (cos, sin) [B, T, d_rope/2], q_pos [B, T] -> [B, T, D].
+
+        With a cache, k_pos/k_valid come from it (all cached slots plus these T); without, the T tokens only.
+        """
+        trace.record(f"{self.name}.input", x)
+        q_nope, q_rope = self.queries(x, rope)
+        latent, k_rope = self.latent(x, rope)
+        if cache is None:
+            k_pos, k_valid = q_pos, None
+        else:
+            k_pos, k_valid = cache.positions.view(), (cache.valid.view() if cache.has_padding else None)
+        if mla == "naive":
+            out = self.naive(q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend)
+        else:
+            out = self.absorbed(q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend)
+        out = self.o_proj(rearrange(out, "b t h d -> b t (h d)"))
+        trace.record(f"{self.name}.output", out)
+        return out
+
+    def queries(self, x, rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> q_nope [B, H, T, d_nope], q_rope [B, H, T, d_rope] (rotated)."""
+        if self.cfg.q_lora_rank:
+            c_q = self.q_a_layernorm(self.q_a_proj(x))
+            trace.record(f"{self.name}.q_latent", c_q)
+            q = self.q_b_proj(c_q)
+        else:
+            q = self.q_proj(x)
+        q = rearrange(q, "b t (h d) -> b h t d", h=self.n_heads)
+        q_nope, q_rope = q.split([self.d_nope, self.d_rope], dim=-1)
+        cos, sin = rope
+        return q_nope, apply_rope(q_rope, cos[:, None], sin[:, None], self.cfg.rope_interleave)
+
+    def latent(self, x, rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> c_KV [B, T, kv_lora_rank] (normed), k_rope [B, T, d_rope] (rotated)."""
+        c_kv, k_rope = self.kv_a_proj_with_mqa(x).split([self.rank, self.d_rope], dim=-1)
+        c_kv = self.kv_a_layernorm(c_kv)
+        k_rope = apply_rope(k_rope, *rope, self.cfg.rope_interleave)
+        trace.record(f"{self.name}.kv_latent", c_kv)
+        trace.record(f"{self.name}.k_rope", k_rope)
+        return c_kv, k_rope
+
+    def expand(self, latent: torch.Tensor, k_rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up-project the latent: c_KV [B, S, r], k_rope [B, S, d_rope] -> k [B, H, S, d_qk], v [B, H, S, d_v]."""
+        kv = rearrange(self.kv_b_proj(latent), "b s (h d) -> b h s d", h=self.n_heads)
+        k_nope, v = kv.split([self.d_nope, self.d_v], dim=-1)
+        k = torch.cat([k_nope, k_rope[:, None].expand(-1, self.n_heads, -1, -1)], dim=-1)
+        return k, v
+
+    def naive(self, q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend):
+        q = torch.cat([q_nope, q_rope], dim=-1)
+        k, v = self.expand(latent, k_rope)
+        if isinstance(cache, NaiveCache):
+            k, v = cache.update(self.layer, k, v)
+        elif cache is not None:
+            raise TypeError(f"naive MLA needs a NaiveCache, got {type(cache).__name__}")
+        trace.record(f"{self.name}.q", q)
+        trace.record(f"{self.name}.k", k)
+        trace.record(f"{self.name}.v", v)
+        out = backend(q, k, v, q_pos, k_pos, k_valid, self.scale, self.name)  # [B, H, T, d_v]
+        return rearrange(out, "b h t d -> b t h d")
+
+    def absorbed(self, q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend):
+        w = rearrange(self.kv_b_proj.weight, "(h d) r -> h d r", h=self.n_heads)
+        w_uk, w_uv = w.split([self.d_nope, self.d_v], dim=1)
+        kv = torch.cat([latent, k_rope], dim=-1)  # [B, S, r + d_rope]: all a token leaves in the cache
+        if isinstance(cache, LatentCache):
+            kv = cache.update(self.layer, kv)
+        elif cache is not None:
+            raise TypeError(f"absorbed MLA needs a LatentCache, got {type(cache).__name__}")
+        if trace.active() is not None:  # show the per-head q, k, v this computation is equal to
+            k_full, v_full = self.expand(*kv.split([self.rank, self.d_rope], dim=-1))
+            trace.record(f"{self.name}.q", torch.cat([q_nope, q_rope], dim=-1))
+            trace.record(f"{self.name}.k", k_full)
+            trace.record(f"{self.name}.v", v_full)
+        q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # W_UK folded into the query
+        q = torch.cat([q_latent, q_rope], dim=-1)                # [B, H, T, r + d_rope]
+        k = kv[:, None]                                          # [B, 1, S, r + d_rope], one "head" for all
+        v = kv[:, None, :, : self.rank]                          # [B, 1, S, r]: the values are the latent
+        out_latent = backend(q, k, v, q_pos, k_pos, k_valid, self.scale, self.name)  # [B, H, T, r]
+        return torch.einsum("bhtr,hvr->bthv", out_latent, w_uv)  # W_UV folded into the output
