@@ -54,8 +54,11 @@ def weight_files(path: str | Path) -> dict[str, Path]:
     if (path / INDEX_FILE).is_file():
         try:
             weight_map = json.loads((path / INDEX_FILE).read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{path / INDEX_FILE} is not a valid safetensors index: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path / INDEX_FILE} is not a valid safetensors index "
+                                  f"(a JSON object with a 'weight_map'): {e}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{path / INDEX_FILE}: 'weight_map' must map tensor names to shard file names")
         for shard in sorted(set(weight_map.values())):
             if not (path / shard).is_file():
                 raise CheckpointError(f"missing file: {path / shard} (listed in {INDEX_FILE})")
@@ -102,7 +105,11 @@ def load_model(cls, path: str | Path, device="cpu", dtype: torch.dtype = torch.f
         by_file.setdefault(file, []).append(name)
     for file, names in by_file.items():
         with _open(file) as f:
+            in_file = set(f.keys())
             for name in names:
+                if on_disk[name][1] not in in_file:
+                    raise CheckpointError(f"{file}: has no tensor {on_disk[name][1]}, though {INDEX_FILE} "
+                                          "lists it there")
                 shape = tuple(f.get_slice(on_disk[name][1]).get_shape())
                 if shape != expected[name]:
                     raise CheckpointError(f"{file.name}: tensor {on_disk[name][1]} has shape {list(shape)}, "
@@ -155,7 +162,35 @@ def _open(file: Path):
     try:
         return safe_open(str(file), framework="pt")
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(f"{file} is not a readable safetensors file ({e}); it may be truncated") from None
+        raise CheckpointError(f"{file} is not a readable safetensors file: {_diagnose(file) or e}") from None
+
+
+def _diagnose(file: Path) -> str | None:
+    """Why safetensors refused a file, in words: truncated header, truncated data, or not safetensors at all.
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON header, then the tensors' bytes, whose
+    extent the header's data_offsets give.
+    """
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"the file is {size} bytes, too short to hold the 8-byte header length (truncated?)"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                if n > 100_000_000:
+                    return f"its first 8 bytes give a header length of {n} bytes: not a safetensors file"
+                return (f"truncated in its header: the header should be {n} bytes but the file ends "
+                        f"{size - 8} bytes after the length field")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            return (f"truncated in its data: the header lists tensors up to byte {8 + n + end} "
+                    f"but the file has only {size} bytes")
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+    return None
 
 
 def _named_weights(model) -> dict[str, torch.Tensor]:

@@ -130,7 +130,8 @@ class ModelConfig:
         act = d.get("hidden_act", "silu")
         if act != "silu":
             raise ConfigError(f"hidden_act {act!r} is not supported; DeepSeek models use 'silu'")
-        skip = known | {"rope_parameters", "hidden_act", "architectures", "num_mtp_layers"}
+        # num_key_value_heads is always num_attention_heads under MLA; to_hf writes it for transformers.
+        skip = known | {"rope_parameters", "hidden_act", "architectures", "num_mtp_layers", "num_key_value_heads"}
         values["extra"] = {k: v for k, v in d.items() if k not in skip}
         cfg = cls(**values)
         cfg.validate()
@@ -231,14 +232,19 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
 def _read_rope(d: dict, values: dict) -> None:
     """Accept both spellings: legacy `rope_theta` + `rope_scaling`, and transformers 5's `rope_parameters`."""
     params = d.get("rope_parameters") or {}
-    scaling = d.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"}
-    values["rope_theta"] = float(d.get("rope_theta", params.get("rope_theta", 10000.0)))
+    scaling = d.get("rope_scaling") or params  # transformers 5 may also have put rope_theta into rope_scaling
+    if not isinstance(params, dict) or not isinstance(scaling, dict):
+        raise ConfigError("rope_scaling / rope_parameters must be a JSON object, got "
+                          f"{type(scaling if not isinstance(scaling, dict) else params).__name__}")
+    theta = d.get("rope_theta", params.get("rope_theta", scaling.get("rope_theta", 10000.0)))
+    values["rope_theta"] = float(theta)
     kind = scaling.get("type", scaling.get("rope_type", "default")) if scaling else "default"
     if kind == "default":
         values["rope_scaling"] = None
     elif kind == "yarn":
         if "factor" not in scaling:
             raise ConfigError("rope_scaling of type 'yarn' is missing required key 'factor'")
-        values["rope_scaling"] = {"type": "yarn", **{k: v for k, v in scaling.items() if k not in ("type", "rope_type")}}
+        values["rope_scaling"] = {"type": "yarn", **{k: v for k, v in scaling.items()
+                                                     if k not in ("type", "rope_type", "rope_theta")}}
     else:
         raise ConfigError(f"rope scaling type {kind!r} is not supported; DeepSeek models use 'yarn' or none")

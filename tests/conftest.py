@@ -6,6 +6,7 @@ rope and attention all matter to the logits.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def make_reference(name: str, path: Path, seed: int = 0):
     """Build a transformers DeepSeek model for CONFIGS[name], randomise it, save it to path, return it."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    spec = {**BASE, **CONFIGS[name]}
+    spec = copy.deepcopy({**BASE, **CONFIGS[name]})  # transformers edits nested dicts in place
     cfg = AutoConfig.for_model(**spec)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).eval()

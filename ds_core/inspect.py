@@ -1,0 +1,216 @@
+"""What a checkpoint is, from its config.json alone: architecture, parameter counts, KV-cache size per token.
+
+Nothing here loads weights, so it answers for DeepSeek-V3 671B as quickly as for the shipped tiny model. Each
+function returns plain dicts or strings; the CLI (`python -m ds_core inspect PATH`) prints them and the app can
+show the same numbers.
+
+    from ds_core.inspect import summary, report
+    summary("assets/ds-tiny")["params"]["total"]
+    print(report("assets/ds-tiny", dtype="bf16"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import ModelConfig
+
+# Bytes one cached number takes in each dtype the engine runs in.
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+# The architecture fields a reader looks at, in the order they matter; (key, what it is).
+ARCHITECTURE_FIELDS = (
+    ("model_type", "model family"),
+    ("vocab_size", "tokens in the vocabulary"),
+    ("hidden_size", "width d of the residual stream"),
+    ("num_hidden_layers", "decoder layers (MTP layers not counted)"),
+    ("num_attention_heads", "attention heads h"),
+    ("q_lora_rank", "query down-projection rank (None: direct q_proj)"),
+    ("kv_lora_rank", "MLA latent width c_KV"),
+    ("qk_nope_head_dim", "per-head q/k dims without rope"),
+    ("qk_rope_head_dim", "per-head q/k rope dims (one rope key shared by all heads)"),
+    ("v_head_dim", "per-head value dims"),
+    ("intermediate_size", "dense MLP width"),
+    ("first_k_dense_replace", "leading layers with a dense MLP"),
+    ("moe_layer_freq", "every n-th later layer is MoE"),
+    ("moe_intermediate_size", "width of one routed expert"),
+    ("n_routed_experts", "routed experts per MoE layer"),
+    ("n_shared_experts", "shared experts per MoE layer"),
+    ("num_experts_per_tok", "routed experts each token uses (top-k)"),
+    ("n_group", "expert groups"),
+    ("topk_group", "groups a token may route into"),
+    ("scoring_func", "router affinity"),
+    ("topk_method", "routing method"),
+    ("norm_topk_prob", "gate weights renormalised to sum 1"),
+    ("routed_scaling_factor", "gate weights scaled by"),
+    ("max_position_embeddings", "context length"),
+    ("rope_theta", "rope base"),
+    ("rope_scaling", "context extension (YaRN)"),
+    ("tie_word_embeddings", "lm_head shares the embedding matrix"),
+    ("num_nextn_predict_layers", "multi-token-prediction layers (skipped when running)"),
+)
+_MOE_ONLY = {"first_k_dense_replace", "moe_layer_freq", "moe_intermediate_size", "n_shared_experts",
+             "num_experts_per_tok", "n_group", "topk_group", "scoring_func", "topk_method", "norm_topk_prob",
+             "routed_scaling_factor"}
+
+
+def as_config(source: str | Path | ModelConfig) -> ModelConfig:
+    """A ModelConfig, or a checkpoint directory whose config.json is read (weights are never opened)."""
+    if isinstance(source, ModelConfig):
+        return source
+    from .checkpoint import read_config
+    return read_config(source)
+
+
+def dtype_name(dtype: Any) -> str:
+    """'bf16' | 'fp16' | 'fp32' from that short name, a torch dtype or its long name; ValueError otherwise."""
+    name = str(dtype).removeprefix("torch.")
+    name = DTYPE_NAMES.get(name, name)
+    if name not in DTYPE_BYTES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    return name
+
+
+# ---- numbers --------------------------------------------------------------------------------------------
+def architecture(source: str | Path | ModelConfig) -> dict[str, Any]:
+    """field -> value for ARCHITECTURE_FIELDS (MoE fields left out for a model without routed experts)."""
+    cfg = as_config(source)
+    return {key: getattr(cfg, key) for key, _ in ARCHITECTURE_FIELDS if cfg.has_moe or key not in _MOE_ONLY}
+
+
+def param_summary(source: str | Path | ModelConfig) -> dict[str, Any]:
+    """total / active / embeddings parameter counts (ModelConfig.param_counts) and active as a share of total."""
+    cfg = as_config(source)
+    counts = cfg.param_counts()
+    moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
+    return {**counts, "active_fraction": counts["active"] / counts["total"], "moe_layers": moe_layers}
+
+
+def kv_cache_summary(source: str | Path | ModelConfig, dtype: Any = "bf16") -> dict[str, Any]:
+    """Per token, all layers: numbers and bytes the naive cache (per-head K and V) and the latent cache keep.
+
+    naive per layer = h·(qk_nope + qk_rope + v); latent per layer = kv_lora_rank + qk_rope_head_dim.
+    """
+    cfg = as_config(source)
+    name = dtype_name(dtype)
+    size = DTYPE_BYTES[name]
+    numbers = cfg.kv_cache_numbers_per_token()
+    L = cfg.num_hidden_layers
+    return {
+        "dtype": name,
+        "bytes_per_number": size,
+        "naive_numbers": numbers["naive"],
+        "latent_numbers": numbers["latent"],
+        "naive_numbers_per_layer": numbers["naive"] // L,
+        "latent_numbers_per_layer": numbers["latent"] // L,
+        "naive_bytes": numbers["naive"] * size,
+        "latent_bytes": numbers["latent"] * size,
+        "ratio": numbers["naive"] / numbers["latent"],
+    }
+
+
+def summary(source: str | Path | ModelConfig, dtype: Any = "bf16") -> dict[str, Any]:
+    """Everything `report` prints, as data."""
+    cfg = as_config(source)
+    return {"architecture": architecture(cfg), "params": param_summary(cfg), "kv_cache": kv_cache_summary(cfg, dtype)}
+
+
+# ---- formatting -----------------------------------------------------------------------------------------
+def human_count(n: float) -> str:
+    """8_270_000 -> '8.27M', 671_026_419_200 -> '671.0B' (two decimals under 10, one above)."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            x = n / div
+            return f"{x:.2f}{unit}" if abs(x) < 10 else f"{x:.1f}{unit}"
+    return str(int(n)) if float(n).is_integer() else f"{n:.2f}"
+
+
+def human_bytes(n: float) -> str:
+    """Binary units: 1152 -> '1.12 KiB'."""
+    for div, unit in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if abs(n) >= div:
+            x = n / div
+            return f"{x:.2f} {unit}" if abs(x) < 10 else f"{x:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def table(rows: Iterable[tuple[Any, ...]], align: str = "", sep: str = "  ") -> str:
+    """Rows of cells -> lines with every column padded to its widest cell.
+
+    align: one letter per column, 'l' or 'r' (columns past its end are left-aligned).
+    """
+    rows = [tuple("None" if c is None else str(c) for c in r) for r in rows]
+    if not rows:
+        return ""
+    width = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows)))]
+
+    def cell(text: str, i: int) -> str:
+        return text.rjust(width[i]) if align[i:i + 1] == "r" else text.ljust(width[i])
+
+    return "\n".join(sep.join(cell(c, i) for i, c in enumerate(r)).rstrip() for r in rows)
+
+
+def report(source: str | Path | ModelConfig, dtype: Any = "bf16") -> str:
+    """The text `python -m ds_core inspect PATH` prints."""
+    cfg = as_config(source)
+    info = summary(cfg, dtype)
+    notes = dict(ARCHITECTURE_FIELDS)
+    lines = []
+    if not isinstance(source, ModelConfig):
+        lines += [f"checkpoint: {source}", ""]
+    lines += ["architecture", table(((k, _show(k, v), notes[k]) for k, v in info["architecture"].items()), align="lrl"), ""]
+
+    p = info["params"]
+    lines += ["parameters (from config.json; MTP layers excluded)", table([
+        ("total", human_count(p["total"]), f"{p['total']:,}"),
+        ("active per token", human_count(p["active"]), f"{p['active']:,}",
+         f"{100 * p['active_fraction']:.1f}% of total"),
+        ("embeddings + lm_head", human_count(p["embeddings"]), f"{p['embeddings']:,}"),
+    ], align="lrr"), ""]
+
+    kv = info["kv_cache"]
+    L = cfg.num_hidden_layers
+    lines += [f"KV cache per token, {L} layers, {kv['dtype']} ({kv['bytes_per_number']} bytes per number)", table([
+        ("naive (per-head K and V)", f"{kv['naive_numbers']:,} numbers", human_bytes(kv["naive_bytes"]),
+         f"{kv['naive_numbers_per_layer']:,} per layer = {cfg.num_attention_heads}·({cfg.qk_head_dim}+{cfg.v_head_dim})"),
+        ("latent (MLA c_KV + k_rope)", f"{kv['latent_numbers']:,} numbers", human_bytes(kv["latent_bytes"]),
+         f"{kv['latent_numbers_per_layer']:,} per layer = {cfg.kv_lora_rank}+{cfg.qk_rope_head_dim}"),
+    ], align="lrrl"), f"latent cache is {kv['ratio']:.1f}x smaller than the naive one"]
+    return "\n".join(lines)
+
+
+def _show(key: str, value: Any) -> Any:
+    if key == "rope_scaling" and isinstance(value, dict):
+        kind, factor = value.get("type", "?"), value.get("factor")
+        orig = value.get("original_max_position_embeddings")
+        return f"{kind} x{factor:g}" + (f" from {orig}" if orig else "")
+    return value
+
+
+# ---- generation timing ----------------------------------------------------------------------------------
+def generation_stats(steps: list) -> dict[str, float]:
+    """From the ds_core.generate Steps of one run: tokens, seconds, tokens/s, time to first token, decode rate.
+
+    tokens_per_s counts every generated token over the whole time (prefill included); decode_tokens_per_s
+    leaves out the first token and the prefill that produced it.
+    """
+    if not steps:
+        return {"tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0, "ttft_s": 0.0, "decode_tokens_per_s": 0.0}
+    n, total, ttft = len(steps), steps[-1].elapsed, steps[0].seconds
+    decode = total - ttft
+    return {"tokens": n, "seconds": total, "tokens_per_s": n / total if total > 0 else float("inf"),
+            "ttft_s": ttft, "decode_tokens_per_s": (n - 1) / decode if n > 1 and decode > 0 else 0.0}
+
+
+def format_generation_stats(stats: dict[str, float]) -> str:
+    """'64 tokens, 12.3 tokens/s (time to first token 0.05 s)'."""
+    return (f"{stats['tokens']} tokens, {stats['tokens_per_s']:.1f} tokens/s "
+            f"(time to first token {stats['ttft_s']:.2f} s, decode {stats['decode_tokens_per_s']:.1f} tokens/s)")
+
+
+__all__ = [
+    "architecture", "param_summary", "kv_cache_summary", "summary", "report", "table", "human_count",
+    "human_bytes", "generation_stats", "format_generation_stats", "dtype_name", "DTYPE_BYTES",
+]
