@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -21,27 +22,30 @@ class SamplingParams:
 
     def __post_init__(self):
         t = self.temperature
-        if not isinstance(t, (int, float)) or math.isnan(t) or t < 0 or math.isinf(t):
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or math.isnan(t) or math.isinf(t) or t < 0:
             raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}")
+        k = self.top_k
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 turns it off), got {k!r}")
         p = self.top_p
-        if not isinstance(p, (int, float)) or math.isnan(p) or not 0 < p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 turns it off), got {p!r}")
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(p) or not 0 < p <= 1:
+            raise ValueError(f"top_p must be a number in (0, 1] (1 turns it off), got {p!r}")
+        self.temperature, self.top_k, self.top_p = float(t), int(k), float(p)
 
 
 def next_token_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """logits [B, V] -> the distribution tokens are sampled from [B, V]: softmax(logits/τ) cut by top-k, top-p.
+    """logits [..., V] -> the distribution tokens are sampled from [..., V]: softmax(logits/τ) cut by top-k, top-p.
 
-    At τ = 0 it is one-hot on the argmax.
+    At τ = 0 it is one-hot on the argmax. top-k keeps exactly k tokens (ties broken by index); top-p keeps the
+    smallest set of most likely tokens whose mass reaches p (always at least the top token).
     """
     logits = logits.float()
     if params.temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     logits = logits / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
-        kth = logits.topk(params.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        keep = logits.topk(params.top_k, dim=-1).indices
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, keep, logits.gather(-1, keep))
     probs = logits.softmax(-1)
     if params.top_p < 1:
         sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -67,30 +71,42 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
 
     input_ids [B, T], left-padded where attention_mask [B, T] is 0. Rows that finished repeat their EOS.
     on_logits(step, logits [B, V]) sees each step's logits before sampling (for showing the distribution).
+    Arguments are checked when called, before the first token is asked for.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a [batch, tokens] tensor with at least one token, got {shape}")
+    return _generate_ids(model, input_ids, attention_mask, params, max_new_tokens, seed, eos_ids, mla, backend,
+                         on_logits)
+
+
+@torch.inference_mode()  # on a generator, torch enters inference mode around each step only, never the caller
+def _generate_ids(model, input_ids, attention_mask, params, max_new_tokens, seed, eos_ids, mla, backend,
+                  on_logits) -> Iterator[torch.Tensor]:
     device = model.device
     input_ids = input_ids.to(device)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     eos = torch.tensor(eos_ids if eos_ids is not None else model.config.eos_ids, device=device, dtype=torch.long)
-    with torch.inference_mode():
-        cache = model.new_cache(mla)
-        logits = model(input_ids, cache=cache, attention_mask=attention_mask, backend=backend)[:, -1]
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
-        for step in range(max_new_tokens):
-            if on_logits is not None:
-                on_logits(step, logits)
-            token = sample(logits, params, generator)
-            if done.any():
-                token = torch.where(done, eos[0], token)
-            yield token
-            done |= torch.isin(token, eos)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                return
-            logits = model(token[:, None], cache=cache, backend=backend)[:, -1]
+    cache = model.new_cache(mla)
+    logits = model(input_ids, cache=cache, attention_mask=attention_mask, backend=backend)[:, -1]
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        if on_logits is not None:
+            on_logits(step, logits)
+        token = sample(logits, params, generator)
+        if done.any():
+            token = torch.where(done, eos[0], token)
+        yield token
+        done |= torch.isin(token, eos)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            return
+        logits = model(token[:, None], cache=cache, backend=backend)[:, -1]
 
 
 @dataclass
@@ -107,12 +123,20 @@ class Step:
 def generate(model, tok: Tokenizer, prompt: str, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              max_new_tokens: int = 64, seed: int | None = 0, mla: str | None = None, backend=None,
              on_logits=None) -> Iterator[Step]:
-    """Stream the continuation of `prompt` one Step at a time. Same seed, same text."""
+    """Stream the continuation of `prompt` one Step at a time. Same seed, same text.
+
+    Bad arguments (an empty prompt, a temperature out of range, ...) raise ValueError here, when called.
+    The Steps' texts add up to tok.decode of the generated ids.
+    """
     params = SamplingParams(temperature, top_k, top_p)
-    ids = tok.encode(prompt) if isinstance(prompt, str) else None
-    if not ids:
-        raise ValueError("the prompt is empty: give at least one character of text")
+    ids = _encode_prompt(tok, prompt)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     eos_ids = model.config.eos_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    return _stream(model, tok, ids, params, max_new_tokens, seed, eos_ids, mla, backend, on_logits)
+
+
+def _stream(model, tok, ids, params, max_new_tokens, seed, eos_ids, mla, backend, on_logits) -> Iterator[Step]:
     stream = tok.stream()
     start = last = time.perf_counter()
     tokens = generate_ids(model, torch.tensor([ids]), params=params, max_new_tokens=max_new_tokens, seed=seed,
@@ -121,8 +145,21 @@ def generate(model, tok: Tokenizer, prompt: str, *, temperature: float = 1.0, to
         token_id = int(token[0])
         now = time.perf_counter()
         finish = "eos" if token_id in eos_ids else "length" if index == max_new_tokens - 1 else None
-        yield Step(index, token_id, stream.add(token_id), now - last, now - start, finish)
+        text = stream.add(token_id)
+        if finish is not None:
+            text += stream.finish()  # bytes held back for a character that will never be completed
+        yield Step(index, token_id, text, now - last, now - start, finish)
         last = now
+
+
+def _encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
+    """Prompt text -> ids; an empty prompt is refused even when the tokenizer would add a BOS token."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"the prompt must be a string, got {type(prompt).__name__}")
+    ids = tok.encode(prompt)
+    if prompt == "" or not ids:
+        raise ValueError("the prompt is empty: give at least one character of text")
+    return ids
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,10 +178,13 @@ def generate_batch(model, tok: Tokenizer, prompts: list[str], *, temperature: fl
     """Generate for several prompts at once (left-padded, masked). Returns each row's new tokens, up to EOS."""
     eos_ids = model.config.eos_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     pad = eos_ids[0] if eos_ids else 0
-    ids, mask = left_pad([tok.encode(p) for p in prompts], pad)
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("prompts must be a non-empty list of strings")
+    params = SamplingParams(temperature, top_k, top_p)
+    ids, mask = left_pad([_encode_prompt(tok, p) for p in prompts], pad)
     out: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
-    for token in generate_ids(model, ids, mask, params=SamplingParams(temperature, top_k, top_p),
+    for token in generate_ids(model, ids, mask, params=params,
                               max_new_tokens=max_new_tokens, seed=seed, eos_ids=eos_ids, mla=mla, backend=backend):
         for row, t in enumerate(token.tolist()):
             if not finished[row]:

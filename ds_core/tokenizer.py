@@ -56,10 +56,25 @@ class Tokenizer:
 
 
 class TextStream:
-    """Turns ids arriving one at a time into text, holding back a character split across tokens."""
+    """Turns ids arriving one at a time into text, holding back a character split across tokens.
+
+    The pieces returned by add(), followed by finish(), concatenate to tok.decode(all the ids).
+    """
 
     def __init__(self, tok: Tokenizer):
         self.tok, self.ds = tok, DecodeStream(skip_special_tokens=True)
+        self.ids: list[int] = []
+        self.emitted: list[str] = []
 
     def add(self, token_id: int) -> str:
-        return self.ds.step(self.tok.tk, token_id) or ""
+        self.ids.append(token_id)
+        text = self.ds.step(self.tok.tk, token_id) or ""
+        self.emitted.append(text)
+        return text
+
+    def finish(self) -> str:
+        """The text still held back (an incomplete character at the end shows as U+FFFD, as decode shows it)."""
+        full, emitted = self.tok.decode(self.ids), "".join(self.emitted)
+        rest = full[len(emitted):] if full.startswith(emitted) else ""
+        self.emitted.append(rest)
+        return rest

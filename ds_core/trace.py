@@ -4,10 +4,12 @@
         logits = model(ids)
     tr["layers.0.attn.probs"]          # the attention probabilities that produced those logits
 
-Recording is on only inside the `with` block, and only in the thread (or task) that opened it, so concurrent
-requests in the app never see each other's tensors. Outside a trace each recording site costs one context
-variable lookup. Tensors are stored detached, on the device they were computed on. A second forward pass
-inside the same block overwrites the names (a trace holds one pass; decode steps use one trace each).
+Recording is on only inside the `with` block, and only in the thread (or asyncio task) that opened it, so
+concurrent requests in the app never see each other's tensors. (An asyncio task created *inside* the block
+copies the context and so records into the same trace; other threads never do.) Outside a trace each
+recording site costs one context variable lookup. Tensors are stored detached, on the device they were
+computed on. A second forward pass inside the same block overwrites the names (a trace holds one pass; decode
+steps use one trace each).
 
 Names and shapes (B batch, T new tokens, S tokens attended, i.e. cached + new, D hidden_size, H heads,
 E routed experts, k experts per token, V vocab; d_qk = qk_nope_head_dim + qk_rope_head_dim):
