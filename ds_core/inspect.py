@@ -11,8 +11,9 @@ show the same numbers.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .config import ModelConfig
 
@@ -189,6 +190,87 @@ def _show(key: str, value: Any) -> Any:
     return value
 
 
+# ---- rows for tables (the app's Model tab shows these) ----------------------------------------------------
+def architecture_rows(source: str | Path | ModelConfig) -> list[tuple[str, Any, str]]:
+    """(field, value as shown, what it is) for each field of `architecture`, in ARCHITECTURE_FIELDS order.
+
+    Values are shown as `report` shows them (rope_scaling as 'yarn x40 from 4096'); None stays None.
+    """
+    notes = dict(ARCHITECTURE_FIELDS)
+    return [(key, _show(key, value), notes[key]) for key, value in architecture(source).items()]
+
+
+# Routed experts of one layer: layers.<i>.mlp.experts.<e>.<rest>
+_EXPERT_NAME = re.compile(r"^(?P<head>.*\.experts\.)(?P<index>\d+)(?P<tail>\..+)$")
+
+
+def weight_table(state_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per weight tensor of a loaded model (`model.state_dict()`), routed experts folded together.
+
+    The same weight of every routed expert in a layer (same shape and dtype) is one row named with the
+    expert indices in braces, e.g. 'layers.1.mlp.experts.{0..7}.gate_proj.weight' with count 8. Rows keep
+    the state_dict's order (of each row's first tensor). Each row:
+
+        name      the key, or the folded pattern
+        shape     tuple of one tensor's dims
+        dtype     'fp32' | 'bf16' | 'fp16', or torch's name for any other dtype
+        count     tensors the row stands for
+        params    numbers in all of them (count x one tensor's numel)
+        names     the state_dict keys the row stands for
+        tied_to   key of an earlier tensor with the same storage (a tied lm_head), else None
+
+    Nothing is copied or read beyond shapes, dtypes and storage addresses.
+    """
+    groups: dict[tuple, list[str]] = {}
+    first_seen: dict[tuple, str] = {}
+    for name, tensor in state_dict.items():
+        m = _EXPERT_NAME.match(name)
+        if m:
+            key = ("experts", m["head"], m["tail"], tuple(tensor.shape), tensor.dtype)
+        else:
+            key = ("single", name)
+        groups.setdefault(key, []).append(name)
+
+    rows = []
+    for key, names in groups.items():
+        tensor = state_dict[names[0]]
+        if key[0] == "experts" and len(names) > 1:
+            head, tail = key[1], key[2]
+            indices = sorted(int(_EXPERT_NAME.match(n)["index"]) for n in names)
+            name = f"{head}{{{_index_set(indices)}}}{tail}"
+        else:
+            name = names[0]
+        tied_to = None
+        if tensor.device.type != "meta" and tensor.numel():
+            where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.stride()),
+                     tuple(tensor.shape), tensor.dtype)
+            tied_to = first_seen.setdefault(where, names[0])
+            tied_to = None if tied_to == names[0] else tied_to
+        rows.append({
+            "name": name, "shape": tuple(tensor.shape), "dtype": _dtype_label(tensor.dtype), "count": len(names),
+            "params": len(names) * tensor.numel(), "names": list(names), "tied_to": tied_to,
+        })
+    return rows
+
+
+def weight_totals(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """rows, tensors and params of a `weight_table`; params counts a tied tensor once (as param_counts does)."""
+    return {"rows": len(rows), "tensors": sum(r["count"] for r in rows),
+            "params": sum(r["params"] for r in rows if r["tied_to"] is None)}
+
+
+def _index_set(indices: list[int]) -> str:
+    """[0, 1, 2, 3] -> '0..3'; anything else -> '0,2,5'."""
+    if len(indices) > 2 and indices == list(range(indices[0], indices[-1] + 1)):
+        return f"{indices[0]}..{indices[-1]}"
+    return ",".join(map(str, indices))
+
+
+def _dtype_label(dtype: Any) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return DTYPE_NAMES.get(name, name)
+
+
 # ---- generation timing ----------------------------------------------------------------------------------
 def generation_stats(steps: list) -> dict[str, float]:
     """From the ds_core.generate Steps of one run: tokens, seconds, tokens/s, time to first token, decode rate.
@@ -213,4 +295,5 @@ def format_generation_stats(stats: dict[str, float]) -> str:
 __all__ = [
     "architecture", "param_summary", "kv_cache_summary", "summary", "report", "table", "human_count",
     "human_bytes", "generation_stats", "format_generation_stats", "dtype_name", "DTYPE_BYTES",
+    "architecture_rows", "weight_table", "weight_totals",
 ]
