@@ -58,9 +58,14 @@ class KVCache:
     def length(self) -> int:
         return self.positions.length
 
-    def add_positions(self, positions: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Record the new slots; returns (k_pos [B, S], k_valid [B, S] or None if nothing is padded)."""
-        self.has_padding |= not bool(valid.all())
+    def add_positions(self, positions: torch.Tensor, valid: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Record the new slots (valid None: none of them is padding); returns (k_pos [B, S], k_valid [B, S] or
+        None if nothing is padded)."""
+        if valid is None:
+            valid = torch.ones_like(positions, dtype=torch.bool)
+        else:
+            self.has_padding |= not bool(valid.all())
         k_valid = self.valid.append(valid)
         return self.positions.append(positions), (k_valid if self.has_padding else None)
 

@@ -37,11 +37,26 @@ class DenseAttention:
         T, S = q.shape[2], k.shape[2]
         gqa = k.shape[1] != q.shape[1]
         if k_valid is None and T == 1:  # one new token after the cache: it may read every key
+            if k.shape[1] == 1:
+                return self.one_token_shared_kv(q, k, v, scale)
             return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
         if k_valid is None and T == S:  # prefill without padding: plain causal
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
         mask = self.allowed(q_pos, k_pos, k_valid)[:, None]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+    @staticmethod
+    def one_token_shared_kv(q, k, v, scale: float) -> torch.Tensor:
+        """Decode step with one key/value head shared by all query heads (absorbed MLA): q [B, H, 1, d],
+        k [B, 1, S, d], v [B, 1, S, dv] -> [B, H, 1, dv].
+
+        The H heads of the one query read the same keys, so treat them as H queries of a single head: one
+        [H, d] x [d, S] product instead of H products of one row each (SDPA's GQA path would copy k and v H times).
+        """
+        q = q.transpose(1, 2)                                     # [B, 1, H, d]
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B, 1, H, S]
+        probs = scores.softmax(dim=-1).to(v.dtype)
+        return torch.matmul(probs, v).transpose(1, 2)             # [B, H, 1, dv]
 
     @staticmethod
     def explicit(q, k, v, allowed: torch.Tensor, scale: float, name: str) -> torch.Tensor:

@@ -43,7 +43,7 @@ class MLA(nn.Module):
         self.scale = cfg.softmax_scale
 
     def forward(self, x, rope, q_pos, cache: KVCache | None, backend, mla: str) -> torch.Tensor:
-        """x [B, T, D], rope = (cos, sin) [B, T, d_rope/2], q_pos [B, T] -> [B, T, D].
+        """x [B, T, D], rope: rotations `cis` [B, T, d_rope/2] (complex, see Rotary), q_pos [B, T] -> [B, T, D].
 
         With a cache, k_pos/k_valid come from it (all cached slots plus these T); without, the T tokens only.
         """
@@ -58,7 +58,7 @@ class MLA(nn.Module):
             out = self.naive(q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend)
         else:
             out = self.absorbed(q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend)
-        out = self.o_proj(rearrange(out, "b t h d -> b t (h d)"))
+        out = self.o_proj(out.flatten(2))  # [B, T, H, d_v] -> [B, T, H·d_v]
         trace.record(f"{self.name}.output", out)
         return out
 
@@ -70,16 +70,15 @@ class MLA(nn.Module):
             q = self.q_b_proj(c_q)
         else:
             q = self.q_proj(x)
-        q = rearrange(q, "b t (h d) -> b h t d", h=self.n_heads)
-        q_nope, q_rope = q.split([self.d_nope, self.d_rope], dim=-1)
-        cos, sin = rope
-        return q_nope, apply_rope(q_rope, cos[:, None], sin[:, None], self.cfg.rope_interleave)
+        q = q.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)  # [B, T, H·d_qk] -> [B, H, T, d_qk]
+        q_nope, q_rope = q.split_with_sizes([self.d_nope, self.d_rope], dim=-1)
+        return q_nope, apply_rope(q_rope, rope.unsqueeze(1), self.cfg.rope_interleave)  # unsqueeze: every head
 
     def latent(self, x, rope) -> tuple[torch.Tensor, torch.Tensor]:
         """-> c_KV [B, T, kv_lora_rank] (normed), k_rope [B, T, d_rope] (rotated)."""
-        c_kv, k_rope = self.kv_a_proj_with_mqa(x).split([self.rank, self.d_rope], dim=-1)
+        c_kv, k_rope = self.kv_a_proj_with_mqa(x).split_with_sizes([self.rank, self.d_rope], dim=-1)
         c_kv = self.kv_a_layernorm(c_kv)
-        k_rope = apply_rope(k_rope, *rope, self.cfg.rope_interleave)
+        k_rope = apply_rope(k_rope, rope, self.cfg.rope_interleave)
         trace.record(f"{self.name}.kv_latent", c_kv)
         trace.record(f"{self.name}.k_rope", k_rope)
         return c_kv, k_rope
@@ -105,8 +104,9 @@ class MLA(nn.Module):
         return rearrange(out, "b h t d -> b t h d")
 
     def absorbed(self, q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend):
-        w = rearrange(self.kv_b_proj.weight, "(h d) r -> h d r", h=self.n_heads)
-        w_uk, w_uv = w.split([self.d_nope, self.d_v], dim=1)
+        # kv_b_proj.weight [H·(d_nope + d_v), r] is, per head, W_UK [d_nope, r] stacked on W_UV [d_v, r]
+        w = self.kv_b_proj.weight.view(self.n_heads, self.d_nope + self.d_v, self.rank)
+        w_uk, w_uv = w.split_with_sizes([self.d_nope, self.d_v], dim=1)
         kv = torch.cat([latent, k_rope], dim=-1)  # [B, S, r + d_rope]: all a token leaves in the cache
         if isinstance(cache, LatentCache):
             kv = cache.update(self.layer, kv)
@@ -117,9 +117,10 @@ class MLA(nn.Module):
             trace.record(f"{self.name}.q", torch.cat([q_nope, q_rope], dim=-1))
             trace.record(f"{self.name}.k", k_full)
             trace.record(f"{self.name}.v", v_full)
-        q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # W_UK folded into the query
+        q_latent = torch.matmul(q_nope, w_uk)                     # [B, H, T, r]: W_UK folded into the query
         q = torch.cat([q_latent, q_rope], dim=-1)                # [B, H, T, r + d_rope]
-        k = kv[:, None]                                          # [B, 1, S, r + d_rope], one "head" for all
-        v = kv[:, None, :, : self.rank]                          # [B, 1, S, r]: the values are the latent
+        k = kv.unsqueeze(1)                                      # [B, 1, S, r + d_rope], one "head" for all
+        v = k[..., : self.rank]                                  # [B, 1, S, r]: the values are the latent
         out_latent = backend(q, k, v, q_pos, k_pos, k_valid, self.scale, self.name)  # [B, H, T, r]
-        return torch.einsum("bhtr,hvr->bthv", out_latent, w_uv)  # W_UV folded into the output
+        out = torch.matmul(out_latent, w_uv.transpose(1, 2))      # [B, H, T, d_v]: W_UV folded into the output
+        return out.transpose(1, 2)                                # [B, T, H, d_v]

@@ -61,18 +61,7 @@ class DeepSeekModel(nn.Module):
         if mla not in MLA_IMPLS:
             raise ValueError(f"mla must be one of {MLA_IMPLS}, got {mla!r}")
         backend = get_backend(backend)
-        B, T = input_ids.shape
-        valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
-                 else attention_mask.to(device=input_ids.device, dtype=torch.bool))
-        start = torch.zeros(B, dtype=torch.long, device=input_ids.device)
-        if cache is not None and cache.next_position is not None:
-            start = cache.next_position
-        positions = (start[:, None] + valid.cumsum(1) - 1).clamp(min=0)
-        if cache is not None:
-            cache.add_positions(positions, valid)
-            cache.next_position = start + valid.sum(1)
-        elif not bool(valid.all()):
-            raise ValueError("attention_mask with padding needs a cache (use new_cache) so keys can be masked")
+        positions = self.assign_positions(input_ids, cache, attention_mask)
 
         x = self.embed_tokens(input_ids)
         trace.record("embed", x)
@@ -85,6 +74,32 @@ class DeepSeekModel(nn.Module):
         logits = self.lm_head(x).float()
         trace.record("logits", logits)
         return logits
+
+    @staticmethod
+    def assign_positions(input_ids: torch.Tensor, cache: KVCache | None,
+                         attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Rotary positions [B, T] of the new tokens, counting on from the cache; recorded in the cache."""
+        B, T = input_ids.shape
+        device = input_ids.device
+        start = cache.next_position if cache is not None and cache.next_position is not None else None
+        if attention_mask is None:  # no padding (every decode step): positions start, start+1, ...
+            positions = torch.arange(T, device=device).expand(B, T)
+            if start is not None:
+                positions = start[:, None] + positions
+            if cache is not None:
+                cache.add_positions(positions)
+                cache.next_position = positions[:, -1] + 1
+            return positions
+        valid = attention_mask.to(device=device, dtype=torch.bool)
+        if start is None:
+            start = torch.zeros(B, dtype=torch.long, device=device)
+        positions = (start[:, None] + valid.cumsum(1) - 1).clamp(min=0)  # padding slots repeat their neighbour's
+        if cache is not None:
+            cache.add_positions(positions, valid)
+            cache.next_position = start + valid.sum(1)
+        elif not bool(valid.all()):
+            raise ValueError("attention_mask with padding needs a cache (use new_cache) so keys can be masked")
+        return positions
 
     def new_cache(self, mla: str | None = None) -> KVCache:
         """An empty KV cache: 'absorbed' keeps the MLA latent, 'naive' keeps per-head K and V."""
@@ -125,7 +140,27 @@ class DeepSeekModel(nn.Module):
                         dtype: torch.dtype = torch.float32) -> "DeepSeekModel":
         """Load a Hugging Face DeepSeek-V2/V3 directory (config.json + safetensors). See ds_core.checkpoint."""
         from ..checkpoint import load_model
-        return load_model(cls, path, device=device, dtype=dtype)
+        model = load_model(cls, path, device=device, dtype=dtype)
+        return model.use_gemv_layout() if model.device.type == "cpu" else model
+
+    def use_gemv_layout(self) -> "DeepSeekModel":
+        """Store each wide Linear weight (out_features > in_features) transposed in memory; returns self.
+
+        The tensors keep their shapes, values and names (W [out, in] becomes a view W_t.t() of a contiguous
+        W_t [in, out]); only the memory order changes. Why: decoding one token makes every Linear a
+        matrix-vector product whose cost is reading W, and for wide W the CPU BLAS streams x·W_t faster than it
+        takes `out` short dot products with the rows of W: measured 1.3-2.6x for the LM head and the
+        up-projections (MKL, AMD EPYC), about 10% of a decode step; no gain for narrow W, which stays as it is.
+        Code that needs W contiguous (a raw .view(-1), a file writer) calls .contiguous() first, as
+        save_pretrained does. from_pretrained applies this on CPU.
+        """
+        tied = self.lm_head.weight is self.embed_tokens.weight  # rows of the embedding table stay contiguous
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear) and module.out_features > module.in_features:
+                    if not (tied and module is self.lm_head):
+                        module.weight.data = module.weight.data.t().contiguous().t()
+        return self
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json + model.safetensors that both ds_core and transformers load."""

@@ -67,9 +67,9 @@ class Router(nn.Module):
                 group_scores = grouped.topk(2, dim=-1).values.sum(-1)
             else:
                 group_scores = grouped.amax(dim=-1)
-            kept = group_scores.topk(cfg.topk_group, dim=-1).indices
-            group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)
-            choice = choice.masked_fill(~group_mask.repeat_interleave(grouped.shape[-1], dim=1), float("-inf"))
+            kept = group_scores.topk(cfg.topk_group, dim=-1).indices                          # [N, topk_group]
+            dropped = torch.ones_like(group_scores, dtype=torch.bool).scatter_(1, kept, False)  # [N, n_group]
+            choice = grouped.masked_fill(dropped[..., None], float("-inf")).flatten(1)         # [N, E]
         experts = choice.topk(cfg.num_experts_per_tok, dim=-1).indices
         weights = scores.gather(1, experts)
         if cfg.norm_topk_prob:
@@ -109,6 +109,8 @@ class MoE(nn.Module):
 
     def run_experts(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
         """x [N, D] -> Σ_k weight_k · expert_k(x) [N, D]: each expert runs once, on the tokens sent to it."""
+        if x.shape[0] == 1:
+            return self.run_experts_one_token(x, r)
         k = r.experts.shape[1]
         flat_experts = r.experts.flatten()              # [N*k]
         order = flat_experts.argsort(stable=True)       # slots grouped by expert
@@ -122,4 +124,13 @@ class MoE(nn.Module):
                 idx = tokens[start:start + n]
                 out.index_add_(0, idx, self.experts[e](x[idx]) * weights[start:start + n])
                 start += n
+        return out
+
+    def run_experts_one_token(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
+        """x [1, D] -> [1, D]. Batch-1 decoding: run the token's k experts in turn. Grouping tokens by expert
+        (run_experts) pays for itself when many tokens share experts; for one token it is pure overhead."""
+        experts, weights = r.experts[0].tolist(), r.weights[0].tolist()
+        out = self.experts[experts[0]](x) * weights[0]
+        for e, weight in zip(experts[1:], weights[1:]):
+            out += self.experts[e](x) * weight
         return out

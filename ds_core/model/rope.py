@@ -51,7 +51,11 @@ def rope_frequencies(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
 
 
 class Rotary(nn.Module):
-    """positions [B, T] -> (cos, sin), each [B, T, qk_rope_head_dim/2], in fp32."""
+    """positions [B, T] -> the rotations `cis` [B, T, qk_rope_head_dim/2], complex64 (fp32 parts).
+
+    cis = attention_factor · e^{iθ}, θ = position · inv_freq: cis.real is the (scaled) cos, cis.imag the sin.
+    Computed once per forward pass and shared by every layer's queries and keys.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -59,21 +63,32 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.interleaved = cfg.rope_interleave
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
         angles = positions[..., None].float() * self.inv_freq
-        return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
+        return torch.polar(torch.full_like(angles, self.attention_factor), angles)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """Rotate x [..., T, d] by angles cos/sin [..., T, d/2] (broadcast over heads). Computed in fp32.
+def apply_rope(x: torch.Tensor, cis: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotate x [..., T, d] by cis [..., T, d/2] (complex, broadcast over heads). Computed in fp32.
 
-    The interleaved layout stays interleaved, so keys cached from it are in DeepSeek's own layout.
+    Interleaved layout (DeepSeek's): each pair (x0, x1), (x2, x3), ... is the complex number x0 + i·x1, and
+    rotating it by θ is multiplying by e^{iθ}: (x0·cos − x1·sin) + i·(x1·cos + x0·sin). The output stays
+    interleaved, so keys cached from it are in DeepSeek's own layout. The other layout pairs x_i with x_{i+d/2}.
     """
     xf = x.float()
     if interleaved:
-        x1, x2 = xf[..., 0::2], xf[..., 1::2]
-        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+        out = torch.view_as_real(_complex_pairs(xf) * cis).flatten(-2)
     else:
+        cos, sin = cis.real, cis.imag
         x1, x2 = xf.chunk(2, dim=-1)
         out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     return out.to(x.dtype)
+
+
+def _complex_pairs(x: torch.Tensor) -> torch.Tensor:
+    """x [..., d] fp32 -> a complex view [..., d/2] of its pairs (x0 + i·x1, x2 + i·x3, ...), without copying
+    when the pairs already sit in memory as complex numbers do (the usual case: x is a slice of a projection)."""
+    try:
+        return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+    except RuntimeError:  # a pair straddles an odd offset or stride: copy into a fresh, aligned tensor
+        return torch.view_as_complex(x.contiguous().unflatten(-1, (-1, 2)))

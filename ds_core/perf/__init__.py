@@ -1,0 +1,1 @@
+"""Performance lab: measurements of the running engine (decode speed against transformers, ...)."""
