@@ -4,15 +4,6 @@ import torch
 from torch import nn
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x [..., dim] -> weight * x / sqrt(mean(x^2) + eps), same shape and dtype as x."""
-    xf = x.float()
-    sum_sq = (xf * xf).sum(-1, keepdim=True)
-    # mean + eps, in place on the small [..., 1] tensor: one op each (this runs 4 times per layer per token)
-    inv_rms = torch.rsqrt(sum_sq.div_(xf.shape[-1]).add_(eps))
-    return weight * (xf * inv_rms).to(x.dtype)
-
-
 class RMSNorm(nn.Module):
     """x [..., dim] -> weight * x / sqrt(mean(x^2) + eps), same shape and dtype as x."""
 
@@ -22,4 +13,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        xf = x.float()
+        sum_sq = (xf * xf).sum(-1, keepdim=True)
+        # mean + eps, in place on the small [..., 1] tensor: one op each (this runs 4 times per layer per token)
+        inv_rms = torch.rsqrt(sum_sq.div_(xf.shape[-1]).add_(self.eps))
+        return self.weight * (xf * inv_rms).to(x.dtype)
