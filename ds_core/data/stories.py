@@ -1,0 +1,333 @@
+"""A seeded generator of short English stories with characters, their belongings, places and dialogue.
+
+Every story introduces its characters early ("a young baker named Mira", "Mira had a red kite") and refers
+back to them later, sometimes after a long stretch about someone else. Two kinds of reference are fixed by
+the story, not by chance, so a model can only get them right by looking back:
+
+- name recall: the role followed by a comma is always followed by that character's name
+  ("... the baker, Mira, ...");
+- object recall: a name followed by one of OBJECT_VERBS and a possessive is always followed by that
+  character's own object ("Mira picked up her kite").
+
+`recall.py` cuts stories at exactly those points to measure recall by distance. Everything else (scenery,
+errands, weather, conversation) is drawn from many templates and word lists, so the text is varied.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from . import words as W
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+IRREGULAR_PLURALS = {"sheep": "sheep", "deer": "deer", "mouse": "mice", "goose": "geese", "wolf": "wolves"}
+
+
+def plural(noun: str) -> str:
+    if noun in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[noun]
+    if noun.endswith(("s", "x", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def cap(sentence: str) -> str:
+    return sentence[0].upper() + sentence[1:]
+
+
+@dataclass
+class Character:
+    name: str
+    pronoun: str      # she / he
+    possessive: str   # her / his
+    role: str
+    trait: str
+    obj: str
+    obj_adj: str
+
+    @property
+    def object_phrase(self) -> str:
+        return f"{article(self.obj_adj)} {self.obj_adj} {self.obj}"
+
+
+@dataclass
+class Setting:
+    place: str
+    place_adj: str
+    time: str
+
+
+def make_characters(rng: random.Random, n: int) -> list[Character]:
+    """n characters with distinct names, roles and objects (so every reference has one right answer)."""
+    roles = rng.sample(W.ROLES, n)
+    objects = rng.sample(W.OBJECTS, n)
+    names = set()
+    chars = []
+    for i in range(n):
+        female = rng.random() < 0.5
+        pool = W.FEMALE_NAMES if female else W.MALE_NAMES
+        name = rng.choice(pool)
+        while name in names:
+            name = rng.choice(pool)
+        names.add(name)
+        chars.append(Character(name, "she" if female else "he", "her" if female else "his", roles[i],
+                               rng.choice(W.PERSON_ADJECTIVES), objects[i], rng.choice(W.OBJECT_ADJECTIVES)))
+    return chars
+
+
+# ---- sentences -------------------------------------------------------------------------------------
+# Each takes (rng, setting, character(s)) and returns one or two sentences. Templates are combined with
+# word lists at random, so the same template rarely gives the same sentence twice.
+
+def opening(rng: random.Random, s: Setting) -> str:
+    place = f"{s.place_adj} {s.place}"
+    return rng.choice([
+        f"Once upon a time, in {article(place)} {place}, there was a {s.time} nobody forgot.",
+        f"This is a story about {article(place)} {place} and the people who lived there.",
+        f"It happened one {s.time} in {article(place)} {place} by the {rng.choice(W.PLACES)}.",
+        f"Long ago, {article(place)} {place} stood at the edge of the {rng.choice(W.PLACES)}.",
+        f"The {s.place} was {s.place_adj} that {s.time}, and {rng.choice(W.WEATHER)}.",
+        f"Everyone in the {s.place} still talks about that {s.time}.",
+        f"One {s.time}, {rng.choice(W.WEATHER)} over the {s.place_adj} {s.place}.",
+    ])
+
+
+def introduction(rng: random.Random, s: Setting, c: Character) -> str:
+    """Names the character and gives the role: the source of every later name recall."""
+    who = f"{article(c.trait)} {c.trait} {c.role} named {c.name}"
+    return rng.choice([
+        f"There was {who}.",
+        f"In the {s.place} lived {who}.",
+        f"Near the {rng.choice(W.PLACES)} lived {who}.",
+        f"Among them was {who}.",
+        f"One of them was {who}, who liked {rng.choice(W.ACTIVITIES)}.",
+        f"{cap(who)} had just come to the {s.place}.",
+        f"Every {rng.choice(W.TIMES)}, {who} walked past the {rng.choice(W.FURNITURE + W.PLACES)}.",
+    ])
+
+
+def possession(rng: random.Random, c: Character) -> str:
+    """Gives the character's object: the source of every later object recall."""
+    return rng.choice([
+        f"{c.name} had {c.object_phrase}.",
+        f"{c.name} owned {c.object_phrase} and took it everywhere.",
+        f"{c.name} always carried {c.object_phrase}.",
+        f"{c.name} kept {c.object_phrase} by the {rng.choice(W.FURNITURE)}.",
+        f"{c.name} had been given {c.object_phrase} by {rng.choice(['a friend', 'an aunt', 'a stranger', 'an uncle', 'a neighbour', 'a teacher'])}.",
+        f"{c.name} was never without {c.object_phrase}.",
+    ])
+
+
+def name_recall(rng: random.Random, s: Setting, c: Character) -> str:
+    """'the <role>, <Name>, ...': the name after the role is fixed by the introduction."""
+    who = f"the {c.role}, {c.name},"
+    rest = rng.choice([
+        f"{rng.choice(W.VERBS_PAST)} {rng.choice(W.ADVERBS)} to the {rng.choice(W.PLACES)}",
+        f"came back from the {rng.choice(W.PLACES)}",
+        f"felt {rng.choice(W.FEELINGS)} and {rng.choice(W.VERBS_PAST)}",
+        f"sat down on the {rng.choice(W.FURNITURE)} and ate some {rng.choice(W.FOODS)}",
+        f"heard {rng.choice(W.SOUNDS)} outside",
+        f"thought about the {rng.choice(W.ANIMALS)} by the {rng.choice(W.PLACES)}",
+        f"put on {c.possessive} {rng.choice(W.CLOTHES)}",
+        f"was {rng.choice(W.FEELINGS)}",
+    ])
+    return rng.choice([
+        f"Then {who} {rest}.",
+        f"{cap(who)} {rest}.",
+        f"That {rng.choice(W.TIMES)}, {who} {rest}.",
+        f"Meanwhile {who} {rest}.",
+        f"After a while {who} {rest}.",
+        f"Nobody knew that {who} {rest}.",
+    ])
+
+
+def object_recall(rng: random.Random, c: Character) -> str:
+    """'<Name> <object verb> her <object>': the object is fixed by the possession sentence."""
+    head = f"{c.name} {rng.choice(W.OBJECT_VERBS)} {c.possessive} {c.obj}"
+    return rng.choice([
+        f"{head}.",
+        f"{head} and {rng.choice(W.VERBS_PAST)} {rng.choice(W.ADVERBS)}.",
+        f"{head}, because the {rng.choice(W.SCENERY_NOUNS)} looked {rng.choice(W.SCENERY_ADJECTIVES)}.",
+        f"{head} once more before going to the {rng.choice(W.PLACES)}.",
+        f"Then {head}.",
+        f"Feeling {rng.choice(W.FEELINGS)}, {head}.",
+    ])
+
+
+def action(rng: random.Random, s: Setting, c: Character) -> str:
+    """Something the character does, named but without a recall cue."""
+    p = c.possessive
+    return rng.choice([
+        f"{c.name} {rng.choice(W.VERBS_PAST)} {rng.choice(W.ADVERBS)} past the {rng.choice(W.TREES)}.",
+        f"{c.name} bought some {rng.choice(W.FOODS)} and some {rng.choice(W.FOODS)} at the {rng.choice(W.PLACES)}.",
+        f"{c.name} spent the {rng.choice(W.TIMES)} {rng.choice(W.ACTIVITIES)} with a {rng.choice(W.ANIMALS)}.",
+        f"{c.name} opened the {rng.choice(W.FURNITURE)} and found some {rng.choice(W.WORK_THINGS)}.",
+        f"{c.name} felt {rng.choice(W.FEELINGS)} when the {rng.choice(W.ANIMALS)} {rng.choice(W.VERBS_PAST)} by.",
+        f"{c.name} picked some {rng.choice(W.FLOWERS)} for the {rng.choice(W.FURNITURE)}.",
+        f"{cap(c.pronoun)} {rng.choice(W.VERBS_PAST)} until the {rng.choice(W.SCENERY_NOUNS)} grew {rng.choice(W.SCENERY_ADJECTIVES)}.",
+        f"{c.name} fixed {p} {rng.choice(W.CLOTHES)} with some {rng.choice(W.WORK_THINGS)}.",
+        f"{c.name} {rng.choice(W.VERBS_PAST)} and {rng.choice(W.VERBS_PAST)}, then {rng.choice(W.VERBS_PAST)} again.",
+        f"{c.name} counted {rng.randint(2, 12)} {plural(rng.choice(W.ANIMALS))} on the {rng.choice(W.PLACES)} road.",
+        f"For a long time {c.name} watched the {rng.choice(W.SCENERY_NOUNS)} and said nothing.",
+        f"{c.name} carried {rng.choice(W.WORK_THINGS)} to the {rng.choice(W.PLACES)} in a cart.",
+    ])
+
+
+def scenery(rng: random.Random, s: Setting) -> str:
+    """A sentence with nobody in it: the distance between a mention and its recall grows with these."""
+    return rng.choice([
+        f"{cap(rng.choice(W.WEATHER))}.",
+        f"The {rng.choice(W.SCENERY_NOUNS)} over the {s.place} looked {rng.choice(W.SCENERY_ADJECTIVES)}.",
+        f"Somewhere a {rng.choice(W.ANIMALS)} was {rng.choice(W.SOUNDS)}.",
+        f"The {rng.choice(W.TREES)} trees by the {rng.choice(W.PLACES)} swayed in the wind.",
+        f"{cap(rng.choice(W.FLOWERS))} grew along the {rng.choice(W.SCENERY_NOUNS)}, {rng.choice(W.SCENERY_ADJECTIVES)} and {rng.choice(W.SCENERY_ADJECTIVES)}.",
+        f"The {rng.choice(W.ANIMALS)} and the {rng.choice(W.ANIMALS)} {rng.choice(W.VERBS_PAST)} across the {rng.choice(W.PLACES)}.",
+        f"The smell of {rng.choice(W.FOODS)} drifted from the {rng.choice(W.PLACES)}.",
+        f"By {rng.choice(W.TIMES)} the {rng.choice(W.SCENERY_NOUNS)} had turned {rng.choice(W.SCENERY_ADJECTIVES)}.",
+        f"There were {rng.randint(2, 30)} {plural(rng.choice(W.ANIMALS))} in the {rng.choice(W.PLACES)} that year.",
+        f"The {s.place} was quiet except for the {rng.choice(W.SOUNDS)} of the {plural(rng.choice(W.ANIMALS))}.",
+    ])
+
+
+def dialogue(rng: random.Random, a: Character, b: Character) -> str:
+    """An exchange between two characters, with quotes and speech verbs in several orders."""
+    lines = [
+        f"Have you seen my {a.obj}?",
+        f"Would you like some {rng.choice(W.FOODS)}?",
+        f"The {rng.choice(W.ANIMALS)} is back at the {rng.choice(W.PLACES)}!",
+        f"I think it will rain before {rng.choice(W.TIMES)}.",
+        f"Why are you so {rng.choice(W.FEELINGS)} today?",
+        f"Let us go to the {rng.choice(W.PLACES)} together.",
+        f"I made this {rng.choice(W.FURNITURE)} myself.",
+        f"Do you remember the {rng.choice(W.SCENERY_ADJECTIVES)} {rng.choice(W.SCENERY_NOUNS)}?",
+        f"Where did you put the {rng.choice(W.WORK_THINGS)}?",
+        f"I am {rng.choice(W.FEELINGS)}, that is all.",
+    ]
+    replies = [
+        "Yes, of course.", "No, not today.", "I am not sure.", "Maybe tomorrow.", "What a strange question!",
+        f"Only if you bring the {rng.choice(W.FOODS)}.", f"Ask the {rng.choice(W.ANIMALS)}, not me.",
+        "That sounds lovely.", "I would rather stay here.", f"It was {rng.choice(W.SCENERY_ADJECTIVES)}, I remember.",
+    ]
+    line, reply = rng.choice(lines), rng.choice(replies)
+    say, answer = rng.choice(W.SPEECH_VERBS), rng.choice(W.SPEECH_VERBS)
+    return rng.choice([
+        f"\"{line}\" {say} {a.name}. \"{reply}\" {answer} {b.name}.",
+        f"{a.name} turned to {b.name}. \"{line}\" \"{reply}\" {b.name} {answer}.",
+        f"\"{line}\" {a.name} {say}, looking at {b.name}. {b.name} {answer}, \"{reply}\"",
+        f"\"{b.name},\" {a.name} {say}, \"{line[0].lower() + line[1:]}\" \"{reply}\"",
+    ])
+
+
+def time_passes(rng: random.Random) -> str:
+    return rng.choice([
+        f"The next {rng.choice(W.TIMES)} came slowly.",
+        f"Days went by, and {rng.choice(W.WEATHER)}.",
+        f"Later that {rng.choice(W.TIMES)}, the {rng.choice(W.SOUNDS)} stopped.",
+        f"By the time the {rng.choice(W.SCENERY_NOUNS)} changed, a week had passed.",
+        f"Nothing much happened until {rng.choice(W.TIMES)}.",
+    ])
+
+
+def ending(rng: random.Random, s: Setting) -> str:
+    return rng.choice([
+        f"And that is how the {s.place} got its name.",
+        f"From then on, {rng.choice(W.WEATHER)} every {rng.choice(W.TIMES)}, and nobody minded.",
+        "The end.",
+        f"Everyone went home {rng.choice(W.ADVERBS)}.",
+        f"That night the {s.place} slept {rng.choice(W.ADVERBS)}.",
+    ])
+
+
+# ---- stories -----------------------------------------------------------------------------------------
+
+@dataclass
+class StoryBuilder:
+    """Sentences of one story, with the characters introduced so far."""
+    rng: random.Random
+    setting: Setting
+    cast: list[Character]
+    sentences: list[str] = field(default_factory=list)
+    introduced: list[Character] = field(default_factory=list)
+
+    def add(self, sentence: str) -> None:
+        self.sentences.append(sentence)
+
+    def introduce(self, c: Character) -> None:
+        self.add(introduction(self.rng, self.setting, c))
+        self.add(possession(self.rng, c))
+        self.introduced.append(c)
+
+    def event(self, among: list[Character]) -> None:
+        """One sentence about the characters in `among` (or about nobody)."""
+        rng = self.rng
+        kinds = ["scenery", "action", "name", "object", "time"] + (["dialogue"] if len(among) > 1 else [])
+        weights = [3, 4, 3, 3, 1] + ([3] if len(among) > 1 else [])
+        kind = rng.choices(kinds, weights)[0] if among else rng.choice(["scenery", "time"])
+        if kind == "scenery":
+            self.add(scenery(rng, self.setting))
+        elif kind == "time":
+            self.add(time_passes(rng))
+        elif kind == "action":
+            self.add(action(rng, self.setting, rng.choice(among)))
+        elif kind == "name":
+            self.add(name_recall(rng, self.setting, rng.choice(among)))
+        elif kind == "object":
+            self.add(object_recall(rng, rng.choice(among)))
+        else:
+            a, b = rng.sample(among, 2)
+            self.add(dialogue(rng, a, b))
+
+    def text(self) -> str:
+        return " ".join(self.sentences)
+
+
+def new_story(rng: random.Random, n_characters: int) -> StoryBuilder:
+    setting = Setting(rng.choice(W.PLACES), rng.choice(W.PLACE_ADJECTIVES), rng.choice(W.TIMES))
+    b = StoryBuilder(rng, setting, make_characters(rng, n_characters))
+    b.add(opening(rng, setting))
+    return b
+
+
+def story(seed: int, words: int | None = None) -> str:
+    """One story, the same for the same seed: about `words` words (default: drawn from 80 to 400).
+
+    The story runs in scenes; each scene follows one or two of the characters, so a character can drop out
+    for a long stretch and come back with a name or object recall.
+    """
+    rng = random.Random(seed)
+    b = new_story(rng, rng.choice([2, 3, 3, 4]))
+    budget = words or rng.randint(80, 400)
+    b.introduce(b.cast[0])
+    if rng.random() < 0.7:
+        b.introduce(b.cast[1])
+    while sum(len(x.split()) for x in b.sentences) < budget:
+        pending = [c for c in b.cast if c not in b.introduced]
+        if pending and rng.random() < 0.25:
+            b.introduce(pending[0])
+        known = b.introduced
+        scene = rng.sample(known, min(len(known), rng.choice([1, 1, 2])))
+        for _ in range(rng.randint(2, 6)):
+            b.event(scene)
+    if rng.random() < 0.8:
+        b.add(rng.choice([name_recall(rng, b.setting, c) for c in b.introduced]
+                         + [object_recall(rng, c) for c in b.introduced]))
+    b.add(ending(rng, b.setting))
+    return b.text()
+
+
+SPLIT_SEEDS = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
+
+
+def split(name: str, n: int) -> list[str]:
+    """The first n stories of a split; splits use disjoint seed ranges, so they never share a story."""
+    if name not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {tuple(SPLIT_SEEDS)}, got {name!r}")
+    base = SPLIT_SEEDS[name]
+    return [story(base + i) for i in range(n)]

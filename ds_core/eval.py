@@ -1,0 +1,189 @@
+"""Evaluate a model on the story corpus: perplexity, long-range recall by distance, and expert load.
+
+    python -m ds_core.eval --model assets/ds-tiny                 # all three, printed as a table
+    python -m ds_core.eval --model assets/ds-tiny --json out.json --dtype bf16 --backend dense
+
+Every function takes the options generation takes (the attention backend, the MLA form; the dtype is the
+model's own), so a lab can measure what a technique costs by passing the same options it generates with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import recall, stories
+from .model.moe import Router
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class RunOptions:
+    """How the model runs during an evaluation; the same knobs as generation."""
+    backend: object = None      # attention backend or its name (None: dense)
+    mla: str | None = None      # 'naive' or 'absorbed' (None: the model's default)
+    batch_size: int = 8
+
+
+def _forward(model, ids: torch.Tensor, opts: RunOptions) -> torch.Tensor:
+    return model(ids.to(model.device), backend=opts.backend, mla=opts.mla)
+
+
+def story_windows(tok: Tokenizer, split: str, n: int, seq_len: int) -> torch.Tensor:
+    """n windows [n, seq_len + 1] starting at the split's story starts, as in training (ds_core.train)."""
+    encoded = [tok.encode(text) + [tok.eos_token_id] for text in stories.split(split, n + 8)]
+    stream = torch.tensor([i for ids in encoded for i in ids])  # 8 extra stories fill the last windows
+    starts = torch.tensor([0] + [len(ids) for ids in encoded[:n - 1]]).cumsum(0)
+    return torch.stack([stream[s:s + seq_len + 1] for s in starts.tolist() if s + seq_len + 1 <= len(stream)])
+
+
+@torch.inference_mode()
+def perplexity(model, tok: Tokenizer, split: str = "test", n: int = 200, seq_len: int | None = None,
+               opts: RunOptions = RunOptions()) -> dict:
+    """exp(mean next-token cross-entropy) over n story windows of the split -> {loss, perplexity, tokens}."""
+    seq_len = seq_len or model.config.max_position_embeddings
+    ids = story_windows(tok, split, n, seq_len)
+    total, count = 0.0, 0
+    for chunk in ids.split(opts.batch_size):
+        logits = _forward(model, chunk[:, :-1], opts)
+        total += F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten().to(logits.device),
+                                 reduction="sum").item()
+        count += chunk[:, 1:].numel()
+    loss = total / count
+    return {"split": split, "loss": loss, "perplexity": math.exp(loss), "tokens": count}
+
+
+@torch.inference_mode()
+def recall_accuracy(model, tok: Tokenizer, per_bucket: int = 100, split: str = "test",
+                    opts: RunOptions = RunOptions()) -> dict:
+    """Greedy recall of a name or object introduced d tokens earlier, per distance bucket.
+
+    A probe counts as recalled when greedy decoding reproduces every token of the target word. Returns
+    {bucket: {accuracy, n, name, object}} plus 'probes': the per-probe results.
+    """
+    probes = recall.recall_probes(tok.encode, per_bucket, split)
+    rows, results = [], []
+    for p in probes:
+        prefix, full = tok.encode(p.text), tok.encode(p.text + p.target)
+        if full[:len(prefix)] != prefix:
+            raise AssertionError(f"target {p.target!r} changes the tokens before it")
+        rows.append((full, len(prefix)))
+    pad = tok.eos_token_id
+    for start in range(0, len(rows), opts.batch_size):
+        chunk = rows[start:start + opts.batch_size]
+        width = max(len(r) for r, _ in chunk)
+        # right padding: causal attention never lets a real token see the padding after it
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk])
+        guess = _forward(model, ids, opts).argmax(-1).cpu()
+        for row, (r, n_prefix) in enumerate(chunk):
+            target = torch.tensor(r[n_prefix:])
+            predicted = guess[row, n_prefix - 1:len(r) - 1]
+            results.append(bool((predicted == target).all()))
+    out: dict = {}
+    for lo, hi in recall.BUCKETS:
+        name = recall.bucket_name(lo, hi)
+        hits = [(p, ok) for p, ok in zip(probes, results) if p.bucket == name]
+        by_kind = {k: [ok for p, ok in hits if p.kind == k] for k in ("name", "object")}
+        out[name] = {"accuracy": sum(ok for _, ok in hits) / len(hits), "n": len(hits),
+                     **{k: sum(v) / len(v) for k, v in by_kind.items() if v}}
+    out["probes"] = [{"bucket": p.bucket, "kind": p.kind, "distance": p.distance, "target": p.target.strip(),
+                      "recalled": ok} for p, ok in zip(probes, results)]
+    return out
+
+
+class ExpertLoad:
+    """Counts the tokens each Router sends to each of its experts, through forward hooks.
+
+    Use as a context manager (hooks removed on exit) or keep it attached (training's balancing does).
+    counts[i] [E] belongs to routers[i], in layer order.
+    """
+
+    def __init__(self, model):
+        self.routers = [m for m in model.modules() if isinstance(m, Router)]
+        self.layers = [name.split(".")[1] for name, m in model.named_modules() if isinstance(m, Router)]
+        self.counts = [torch.zeros(m.weight.shape[0]) for m in self.routers]
+        self.hooks = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.routers)]
+
+    def _hook(self, i):
+        def count(module, args, routing):
+            self.counts[i] += torch.bincount(routing.experts.flatten(), minlength=len(self.counts[i])).cpu()
+        return count
+
+    def reset(self) -> list[torch.Tensor]:
+        counts, self.counts = self.counts, [torch.zeros_like(c) for c in self.counts]
+        return counts
+
+    def __enter__(self) -> "ExpertLoad":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+@torch.inference_mode()
+def expert_load(model, tok: Tokenizer, split: str = "test", n: int = 100, seq_len: int | None = None,
+                opts: RunOptions = RunOptions()) -> dict:
+    """Share of each layer's routed token slots that each expert receives -> {layer: [E] fractions}."""
+    seq_len = seq_len or model.config.max_position_embeddings
+    ids = story_windows(tok, split, n, seq_len)
+    with ExpertLoad(model) as load:
+        for chunk in ids.split(opts.batch_size):
+            _forward(model, chunk[:, :-1], opts)
+    return {f"layers.{layer}": (c / c.sum()).tolist() for layer, c in zip(load.layers, load.counts)}
+
+
+def evaluate(model, tok: Tokenizer, per_bucket: int = 100, n: int = 200, opts: RunOptions = RunOptions()) -> dict:
+    return {"validation": perplexity(model, tok, "validation", n, opts=opts),
+            "test": perplexity(model, tok, "test", n, opts=opts),
+            "recall": recall_accuracy(model, tok, per_bucket, opts=opts),
+            "expert_load": expert_load(model, tok, opts=opts)}
+
+
+def format_report(r: dict) -> str:
+    lines = [f"perplexity: validation {r['validation']['perplexity']:.3f}, test {r['test']['perplexity']:.3f} "
+             f"({r['test']['tokens']:,} tokens)", "recall by distance (greedy, test split):"]
+    for key, v in r["recall"].items():
+        if key != "probes":
+            lines.append(f"  d {key:>8}: {v['accuracy']:.1%} of {v['n']}  (names {v.get('name', 0):.1%}, "
+                         f"objects {v.get('object', 0):.1%})")
+    lines.append("expert load (share of routed slots, min-max per layer):")
+    for layer, shares in r["expert_load"].items():
+        lines.append(f"  {layer}: {min(shares):.1%} - {max(shares):.1%}")
+    return "\n".join(lines)
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .model import DeepSeekModel
+
+    parser = argparse.ArgumentParser(prog="python -m ds_core.eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="assets/ds-tiny", metavar="PATH")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default=None, help="attention backend (default dense)")
+    parser.add_argument("--mla", choices=("naive", "absorbed"), default=None)
+    parser.add_argument("--per-bucket", type=int, default=100, help="recall probes per distance bucket")
+    parser.add_argument("--stories", type=int, default=200, help="story windows for perplexity")
+    parser.add_argument("--json", metavar="FILE", help="also write the full results here")
+    args = parser.parse_args(argv)
+    model = DeepSeekModel.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    tok = Tokenizer.from_pretrained(args.model)
+    result = evaluate(model, tok, args.per_bucket, args.stories, RunOptions(args.backend, args.mla))
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

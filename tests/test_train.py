@@ -1,0 +1,54 @@
+"""Training: a few real steps end to end, resuming gives the same model, balancing moves the router bias."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ds_core import DeepSeekModel, Tokenizer
+from ds_core.train import TrainConfig, train
+
+
+def small(tmp_path, **kw) -> TrainConfig:
+    base = dict(out=str(tmp_path / "out"), work=str(tmp_path / "work"), train_stories=40, val_stories=4,
+                vocab_size=300, seq_len=32, batch_size=2, steps=4, warmup=1, eval_every=2, save_every=1,
+                bias_update_speed=0.01)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = small(tmp)
+    train(cfg)
+    return cfg
+
+
+def test_training_writes_a_checkpoint_both_libraries_load(trained):
+    out = trained.out
+    log = json.loads(open(f"{out}/training_log.json").read())["log"]
+    assert [e["step"] for e in log] == [1, 2, 3, 4] and "val_loss" in log[1]
+    assert log[-1]["loss"] < log[0]["loss"]  # four steps of a fresh model still learn the token frequencies
+    model = DeepSeekModel.from_pretrained(out)
+    assert model.config.model_type == "deepseek_v3" and model.config.max_position_embeddings == 32
+    biases = [m.e_score_correction_bias for m in model.modules() if hasattr(m, "e_score_correction_bias")]
+    assert biases and all(b.abs().sum() > 0 for b in biases)  # balancing moved every router's bias
+    tok = Tokenizer.from_pretrained(out)
+    ids = torch.tensor([tok.encode("Once upon a time")])
+
+    from transformers import AutoModelForCausalLM
+    ref = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref(ids).logits.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_resume_continues_exactly(tmp_path, trained):
+    cfg = small(tmp_path, stop_after=2)
+    assert train(cfg) == tmp_path / "work"            # stopped early: nothing exported yet
+    train(small(tmp_path), resume=True)                # steps 3 and 4 from the checkpoint
+    resumed = DeepSeekModel.from_pretrained(tmp_path / "out").state_dict()
+    straight = DeepSeekModel.from_pretrained(trained.out).state_dict()
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=0, rtol=0, msg=name)
