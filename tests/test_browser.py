@@ -170,3 +170,13 @@ def test_generate_tab_streams_text_and_tokens_per_second(page, tmp_path):
         assert not page.errors, page.errors
 
     _save_screenshot(page, tmp_path)
+
+
+def test_qkv_tab_draws_the_projections(page, tmp_path):
+    with _step(page, tmp_path, "the QKV projection tab opens and draws X, the latents and Q, K, V"):
+        page.get_by_role("tab", name="QKV projection").click()
+        page.click("#qkv-button")
+        sync_api.expect(page.locator("#qkv-shapes")).to_contain_text("tokens")
+        for key in ("x", "cq", "ckv", "q", "k", "v"):
+            sync_api.expect(page.locator(f"#qkv-{key} :is({PLOT_DRAWN})").first).to_be_visible()
+        assert not page.errors, page.errors

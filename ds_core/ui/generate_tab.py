@@ -22,6 +22,7 @@ from ..generate import SamplingParams, Step, generate, next_token_probs
 from ..tokenizer import Tokenizer
 from ..viz import distribution_figure, token_label
 from . import AppContext
+from .inputs import FittedPrompt, check_whole, fit_prompt, refuse, whole
 
 TITLE = "Generate"
 MAX_NEW_TOKENS = 512     # the app's cap on one request, whatever the model's context allows
@@ -54,21 +55,6 @@ class Request:
     seed: int
 
 
-def whole(value: Any) -> Any:
-    """value as an int when it is a whole float (JSON, and so the browser, writes 5 and 5.0 alike), else as is."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def check_whole(name: str, value: Any, low: int, high: int, why: str = "") -> int:
-    """value as an int in [low, high], or ValueError naming the range (and why it is that range)."""
-    v = whole(value)
-    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        raise ValueError(f"{name} must be a whole number from {low} to {high}{why}, got {value!r}")
-    return v
-
-
 def max_new_limit(context: int) -> tuple[int, str]:
     """The most new tokens one request may ask for, and why that many."""
     if context - 1 < MAX_NEW_TOKENS:
@@ -85,36 +71,6 @@ def check_request(prompt: Any, temperature: Any, top_k: Any, top_p: Any, max_new
     limit, why = max_new_limit(context)
     return Request(prompt or "", params, check_whole("max new tokens", max_new_tokens, 1, limit, why),
                    check_whole("seed", seed, 0, SEED_MAX))
-
-
-@dataclass(frozen=True)
-class FittedPrompt:
-    """The prompt as generated from: its text, its token count, and whether its start was cut off."""
-
-    text: str
-    tokens: int
-    truncated: bool
-
-
-def fit_prompt(tok: Tokenizer, prompt: str, budget: int) -> FittedPrompt:
-    """prompt, or its longest ending that encodes to at most budget tokens (cut at a token boundary).
-
-    The cut is made in the text, so that ds_core.generate encodes the prompt as always (a BOS token included).
-    Text cut at a token boundary may encode to slightly more tokens than were kept, hence the loop.
-    """
-    ids = tok.encode(prompt)
-    if len(ids) <= budget:
-        return FittedPrompt(prompt, len(ids), False)
-    offsets = tok.tk.encode(prompt).offsets  # each token's character span, without the BOS the wrapper adds
-    keep = budget - (len(ids) - len(offsets))
-    while keep > 0:
-        text = prompt[offsets[-keep][0]:]
-        n = len(tok.encode(text))
-        if n <= budget:
-            return FittedPrompt(text, n, True)
-        keep -= n - budget
-    raise ValueError(f"no prompt token fits: the model's context leaves {budget} token(s) for the prompt; "
-                     "ask for fewer new tokens")
 
 
 # ---- what one generation recorded ---------------------------------------------------------------------------
@@ -220,11 +176,6 @@ DIST_NOTE = ("The bars are the distribution each token was actually drawn from "
 
 
 # ---- the tab ------------------------------------------------------------------------------------------------
-def refuse(error: ValueError) -> gr.Error:
-    """Bad input as the visitor sees it: the message alone (expected, so no traceback in the server log)."""
-    return gr.Error(str(error), print_exception=False)
-
-
 def build(ctx: AppContext) -> GenerateTab | None:
     """Lay out the Generate tab; call inside `with gr.Blocks():`. None when the checkpoint has no tokenizer."""
     try:

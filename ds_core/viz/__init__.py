@@ -1,5 +1,6 @@
 """Figure builders shared by the explorer (ds_core/ui) and the lessons: plain data in, plotly figure out."""
 
 from .distribution import distribution_figure, token_label
+from .heatmap import heatmap_figure
 
-__all__ = ["distribution_figure", "token_label"]
+__all__ = ["distribution_figure", "heatmap_figure", "token_label"]

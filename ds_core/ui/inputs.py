@@ -1,0 +1,61 @@
+"""Checking what a visitor typed, shared by the tabs: whole numbers in a range, prompts cut to the context,
+and bad input turned into a message (gr.Error) instead of a stack trace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from ..tokenizer import Tokenizer
+
+
+def whole(value: Any) -> Any:
+    """value as an int when it is a whole float (JSON, and so the browser, writes 5 and 5.0 alike), else as is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def check_whole(name: str, value: Any, low: int, high: int, why: str = "") -> int:
+    """value as an int in [low, high], or ValueError naming the range (and why it is that range)."""
+    v = whole(value)
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}{why}, got {value!r}")
+    return v
+
+
+def refuse(error: ValueError) -> gr.Error:
+    """Bad input as the visitor sees it: the message alone (expected, so no traceback in the server log)."""
+    return gr.Error(str(error), print_exception=False)
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    """The prompt as generated from: its text, its token count, and whether its start was cut off."""
+
+    text: str
+    tokens: int
+    truncated: bool
+
+
+def fit_prompt(tok: Tokenizer, prompt: str, budget: int) -> FittedPrompt:
+    """prompt, or its longest ending that encodes to at most budget tokens (cut at a token boundary).
+
+    The cut is made in the text, so that ds_core.generate encodes the prompt as always (a BOS token included).
+    Text cut at a token boundary may encode to slightly more tokens than were kept, hence the loop.
+    """
+    ids = tok.encode(prompt)
+    if len(ids) <= budget:
+        return FittedPrompt(prompt, len(ids), False)
+    offsets = tok.tk.encode(prompt).offsets  # each token's character span, without the BOS the wrapper adds
+    keep = budget - (len(ids) - len(offsets))
+    while keep > 0:
+        text = prompt[offsets[-keep][0]:]
+        n = len(tok.encode(text))
+        if n <= budget:
+            return FittedPrompt(text, n, True)
+        keep -= n - budget
+    raise ValueError(f"no prompt token fits: the model's context leaves {budget} token(s) for the prompt; "
+                     "ask for fewer new tokens")
