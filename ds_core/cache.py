@@ -5,6 +5,7 @@ Two kinds, one per MLA implementation:
   attention caches;
 - LatentCache: per token only [c_KV | k_rope], kv_lora_rank + qk_rope_head_dim numbers shared by all heads.
 Both also keep each slot's rotary position and whether it is padding, which attention masks need.
+StaticLatentCache is a LatentCache preallocated to a fixed length, for the torch.compile'd decode step.
 """
 
 from __future__ import annotations
@@ -109,6 +110,73 @@ class LatentCache(KVCache):
 
     def tensors(self) -> list[GrowingTensor]:
         return self.kv
+
+
+class FixedTensor:
+    """GrowingTensor's view()/nbytes over a preallocated buffer [B, capacity, ...] written in place at given slots.
+
+    view() is the whole buffer, slots not written yet included: its shape never changes, which is the point.
+    """
+
+    def __init__(self, buffer: torch.Tensor):
+        self.buffer = buffer
+
+    def write(self, slots: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x [B, T, ...] into slots [T] (a tensor: a Python int would make torch.compile specialise on it)."""
+        return self.buffer.index_copy_(1, slots, x)
+
+    def view(self) -> torch.Tensor:
+        return self.buffer
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel() * self.buffer.element_size()
+
+
+class StaticLatentCache(LatentCache):
+    """A LatentCache of fixed capacity: every tensor is allocated up front and written in place.
+
+    Why: a torch.compile'd decode step (ds_core.perf.compiled_decode) must see the same shapes and the same
+    tensors at every step. So the latent buffers are [B, capacity, kv_lora_rank + qk_rope_head_dim] from the start,
+    and where the next tokens go is a tensor (`filled`), not a Python int. Attention reads all `capacity` slots; the
+    ones not written yet are marked invalid, so the mask that hides left padding hides them too (has_padding is
+    always True). The eager model runs on it unchanged (the prefill does), just with a masked attention.
+    """
+
+    def __init__(self, num_layers: int, batch: int, capacity: int, width: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        super().__init__(num_layers)
+        self.capacity = capacity
+        self.positions = FixedTensor(torch.zeros(batch, capacity, dtype=torch.long, device=device))
+        self.valid = FixedTensor(torch.zeros(batch, capacity, dtype=torch.bool, device=device))
+        self.kv = [FixedTensor(torch.zeros(batch, capacity, width, dtype=dtype, device=device))
+                   for _ in range(num_layers)]
+        self.has_padding = True
+        self.filled = torch.zeros((), dtype=torch.long, device=device)  # slots written so far, the same for every row
+        self.slots: torch.Tensor | None = None  # [T] where the tokens of the current forward pass go
+
+    @property
+    def length(self) -> int:
+        return int(self.filled)
+
+    def add_positions(self, positions: torch.Tensor, valid: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new slots' positions [B, T] and validity; returns (k_pos [B, capacity], k_valid [B, capacity]).
+        Writing past capacity raises (index_copy_'s bounds check)."""
+        T = positions.shape[1]
+        self.slots = self.filled + torch.arange(T, device=positions.device)
+        self.filled.add_(T)
+        if valid is None:
+            valid = torch.ones_like(positions, dtype=torch.bool)
+        return self.positions.write(self.slots, positions), self.valid.write(self.slots, valid)
+
+    def update(self, layer: int, latent_and_rope: torch.Tensor) -> torch.Tensor:
+        """latent_and_rope [B, T, width] into this pass's slots; returns the whole buffer [B, capacity, width]."""
+        return self.kv[layer].write(self.slots, latent_and_rope)
+
+    def bytes_per_token(self) -> float:
+        batch = self.positions.view().shape[0]
+        return sum(t.nbytes for t in self.kv) / (batch * self.capacity)
 
 
 def new_cache(mla: str, num_layers: int) -> KVCache:

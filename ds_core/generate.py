@@ -66,11 +66,13 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  params: SamplingParams = SamplingParams(), max_new_tokens: int = 64, seed: int | None = 0,
                  eos_ids: list[int] | None = None, mla: str | None = None, backend=None,
-                 on_logits=None) -> Iterator[torch.Tensor]:
+                 on_logits=None, compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, [B], once per step, until all rows hit EOS or max_new_tokens.
 
     input_ids [B, T], left-padded where attention_mask [B, T] is 0. Rows that finished repeat their EOS.
     on_logits(step, logits [B, V]) sees each step's logits before sampling (for showing the distribution).
+    compile: decode through model.compile_decode() (torch.compile; the first call compiles for tens of seconds)
+    where it applies (batch 1, absorbed MLA, dense attention; otherwise, or inside a trace, steps run eagerly).
     Arguments are checked when called, before the first token is asked for.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -81,19 +83,23 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a [batch, tokens] tensor with at least one token, got {shape}")
     return _generate_ids(model, input_ids, attention_mask, params, max_new_tokens, seed, eos_ids, mla, backend,
-                         on_logits)
+                         on_logits, compile)
 
 
 @torch.inference_mode()  # on a generator, torch enters inference mode around each step only, never the caller
 def _generate_ids(model, input_ids, attention_mask, params, max_new_tokens, seed, eos_ids, mla, backend,
-                  on_logits) -> Iterator[torch.Tensor]:
+                  on_logits, compile=False) -> Iterator[torch.Tensor]:
     device = model.device
     input_ids = input_ids.to(device)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     eos = torch.tensor(eos_ids if eos_ids is not None else model.config.eos_ids, device=device, dtype=torch.long)
-    cache = model.new_cache(mla)
+    decode = model.compile_decode() if compile else None
+    if decode is not None and decode.supports(input_ids.shape[0], mla, backend):
+        cache = decode.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
+    else:
+        decode, cache = None, model.new_cache(mla)
     logits = model(input_ids, cache=cache, attention_mask=attention_mask, backend=backend)[:, -1]
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
@@ -106,7 +112,10 @@ def _generate_ids(model, input_ids, attention_mask, params, max_new_tokens, seed
         done |= torch.isin(token, eos)
         if bool(done.all()) or step == max_new_tokens - 1:
             return
-        logits = model(token[:, None], cache=cache, backend=backend)[:, -1]
+        if decode is not None:
+            logits = decode.step(token, cache)
+        else:
+            logits = model(token[:, None], cache=cache, backend=backend)[:, -1]
 
 
 @dataclass
@@ -122,25 +131,26 @@ class Step:
 
 def generate(model, tok: Tokenizer, prompt: str, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              max_new_tokens: int = 64, seed: int | None = 0, mla: str | None = None, backend=None,
-             on_logits=None) -> Iterator[Step]:
+             on_logits=None, compile: bool = False) -> Iterator[Step]:
     """Stream the continuation of `prompt` one Step at a time. Same seed, same text.
 
     Bad arguments (an empty prompt, a temperature out of range, ...) raise ValueError here, when called.
-    The Steps' texts add up to tok.decode of the generated ids.
+    The Steps' texts add up to tok.decode of the generated ids. compile: as in generate_ids.
     """
     params = SamplingParams(temperature, top_k, top_p)
     ids = _encode_prompt(tok, prompt)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     eos_ids = model.config.eos_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
-    return _stream(model, tok, ids, params, max_new_tokens, seed, eos_ids, mla, backend, on_logits)
+    return _stream(model, tok, ids, params, max_new_tokens, seed, eos_ids, mla, backend, on_logits, compile)
 
 
-def _stream(model, tok, ids, params, max_new_tokens, seed, eos_ids, mla, backend, on_logits) -> Iterator[Step]:
+def _stream(model, tok, ids, params, max_new_tokens, seed, eos_ids, mla, backend, on_logits,
+            compile=False) -> Iterator[Step]:
     stream = tok.stream()
     start = last = time.perf_counter()
     tokens = generate_ids(model, torch.tensor([ids]), params=params, max_new_tokens=max_new_tokens, seed=seed,
-                          eos_ids=eos_ids, mla=mla, backend=backend, on_logits=on_logits)
+                          eos_ids=eos_ids, mla=mla, backend=backend, on_logits=on_logits, compile=compile)
     for index, token in enumerate(tokens):
         token_id = int(token[0])
         now = time.perf_counter()

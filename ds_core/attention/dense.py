@@ -36,9 +36,10 @@ class DenseAttention:
             return self.explicit(q, k, v, self.allowed(q_pos, k_pos, k_valid), scale, name)
         T, S = q.shape[2], k.shape[2]
         gqa = k.shape[1] != q.shape[1]
+        if T == 1 and k.shape[1] == 1:  # one new token, absorbed MLA: mask only if some keys are padding
+            allowed = None if k_valid is None else self.allowed(q_pos, k_pos, k_valid)
+            return self.one_token_shared_kv(q, k, v, scale, allowed)
         if k_valid is None and T == 1:  # one new token after the cache: it may read every key
-            if k.shape[1] == 1:
-                return self.one_token_shared_kv(q, k, v, scale)
             return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
         if k_valid is None and T == S:  # prefill without padding: plain causal
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
@@ -46,15 +47,17 @@ class DenseAttention:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
     @staticmethod
-    def one_token_shared_kv(q, k, v, scale: float) -> torch.Tensor:
+    def one_token_shared_kv(q, k, v, scale: float, allowed: torch.Tensor | None = None) -> torch.Tensor:
         """Decode step with one key/value head shared by all query heads (absorbed MLA): q [B, H, 1, d],
-        k [B, 1, S, d], v [B, 1, S, dv] -> [B, H, 1, dv].
+        k [B, 1, S, d], v [B, 1, S, dv], allowed [B, 1, S] or None (every key) -> [B, H, 1, dv].
 
         The H heads of the one query read the same keys, so treat them as H queries of a single head: one
         [H, d] x [d, S] product instead of H products of one row each (SDPA's GQA path would copy k and v H times).
         """
         q = q.transpose(1, 2)                                     # [B, 1, H, d]
         scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B, 1, H, S]
+        if allowed is not None:  # left padding, or a StaticLatentCache's slots not written yet
+            scores = scores.masked_fill(~allowed[:, :, None, :], float("-inf"))
         probs = scores.softmax(dim=-1).to(v.dtype)
         return torch.matmul(probs, v).transpose(1, 2)             # [B, H, 1, dv]
 

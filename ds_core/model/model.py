@@ -105,6 +105,14 @@ class DeepSeekModel(nn.Module):
         """An empty KV cache: 'absorbed' keeps the MLA latent, 'naive' keeps per-head K and V."""
         return new_cache(mla or self.mla, self.config.num_hidden_layers)
 
+    def compile_decode(self):
+        """This model's torch.compile'd decode step (made on first use, then kept): see
+        ds_core.perf.compiled_decode. generate_ids(..., compile=True) uses it."""
+        if self.__dict__.get("_compiled_decode") is None:
+            from ..perf.compiled_decode import CompiledDecode
+            self.__dict__["_compiled_decode"] = CompiledDecode(self)  # a plain attribute: not a submodule
+        return self.__dict__["_compiled_decode"]
+
     @contextmanager
     def trace(self) -> Iterator[trace.Trace]:
         """Record the named intermediates (see ds_core.trace) of forward passes run inside the block."""

@@ -76,7 +76,11 @@ def apply_rope(x: torch.Tensor, cis: torch.Tensor, interleaved: bool) -> torch.T
     interleaved, so keys cached from it are in DeepSeek's own layout. The other layout pairs x_i with x_{i+d/2}.
     """
     xf = x.float()
-    if interleaved:
+    if interleaved and torch.compiler.is_compiling():  # inductor has no complex codegen: the same in real numbers
+        x0, x1 = xf.unflatten(-1, (-1, 2)).unbind(-1)
+        cos, sin = cis.real, cis.imag
+        out = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
+    elif interleaved:
         out = torch.view_as_real(_complex_pairs(xf) * cis).flatten(-2)
     else:
         cos, sin = cis.real, cis.imag

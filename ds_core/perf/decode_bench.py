@@ -1,7 +1,12 @@
 """Decode speed at batch 1 on CPU: ds_core against transformers' `generate`, same checkpoint, one run.
 
     python -m ds_core bench [--model DIR] [--prompt-len 32] [--new-tokens 128] [--repeats 3] [--threads N]
+                            [--no-compile]
     python -m ds_core.perf.decode_bench ...          (the same)
+
+ds_core is timed twice: eager, and with its torch.compile'd decode step (generate_ids(compile=True), see
+ds_core.perf.compiled_decode). The compiled step is compiled during the warm-up; that time is printed on its own
+line and is not part of any tokens/s. --no-compile times eager ds_core only.
 
 What is measured, and why it is fair:
 - decode tokens/s = (new_tokens - 1) / (time from the first generated token to the last). The first token comes
@@ -16,7 +21,7 @@ What is measured, and why it is fair:
 - transformers is timed from inside its own `generate` loop: a streamer receives each token the moment it is
   chosen (on CPU generate hands tokens over synchronously), and we stamp the clock there. ds_core is timed the
   same way, as `generate_ids` yields each token.
-- Repeats alternate the engines (ds_core, transformers, ds_core, ...) so slow drift of the machine (heat, other
+- Repeats alternate the engines (ds_core, ds_core compiled, transformers, ds_core, ...) so slow drift of the machine (heat, other
   processes) falls on both; the median of the repeats is reported. One short warm-up run of each comes first.
 - Both runs' greedy tokens are compared: equal tokens show both engines computed the same model.
 
@@ -40,6 +45,8 @@ import torch
 
 from ..generate import SamplingParams, generate_ids
 from ..model import DeepSeekModel
+
+COMPILED = "ds_core compiled"  # the engine name of ds_core with its torch.compile'd decode step
 
 # The random stand-in: the shape of the small model the project ships (8.3M parameters, 5.4M of them used per token).
 RANDOM_MODEL = dict(
@@ -80,14 +87,15 @@ class Run:
         return (len(self.stamps) - 1) / self.decode_seconds
 
 
-def time_ds_core(model: DeepSeekModel, prompt: torch.Tensor, new_tokens: int, mla: str | None = None) -> Run:
-    """prompt [1, T] -> Run of ds_core's generate_ids (greedy, no EOS)."""
+def time_ds_core(model: DeepSeekModel, prompt: torch.Tensor, new_tokens: int, mla: str | None = None,
+                 compile: bool = False) -> Run:
+    """prompt [1, T] -> Run of ds_core's generate_ids (greedy, no EOS), eager or with the compiled decode step."""
     tokens, stamps = [], []
     for token in generate_ids(model, prompt, params=SamplingParams(temperature=0.0), max_new_tokens=new_tokens,
-                              seed=None, eos_ids=[], mla=mla):
+                              seed=None, eos_ids=[], mla=mla, compile=compile):
         stamps.append(time.perf_counter())
         tokens.append(int(token[0]))
-    return Run("ds_core", tokens, stamps)
+    return Run(COMPILED if compile else "ds_core", tokens, stamps)
 
 
 class _StampingStreamer:
@@ -133,25 +141,35 @@ class BenchResult:
     threads: int
     mla: str
     hf_attention: str
-    runs: dict[str, list[Run]] = field(default_factory=dict)
+    runs: dict[str, list[Run]] = field(default_factory=dict)  # engine -> its runs, in ENGINES order
+    compile_seconds: float | None = None  # time to compile ds_core's decode step (in the warm-up, not timed)
+    compile_error: str | None = None      # why compiling failed (then "ds_core compiled" ran eagerly)
 
-    ENGINES = ("ds_core", "transformers")
+    ENGINES = ("ds_core", COMPILED, "transformers")
     NOISY = 1.25  # slowest / fastest run of one engine above this: the machine was busy, say so
 
     def median_tokens_per_s(self, engine: str) -> float:
         return statistics.median(r.tokens_per_s for r in self.runs[engine])
 
     @property
+    def engines(self) -> list[str]:
+        return [e for e in self.ENGINES if self.runs.get(e)]
+
+    def ratio_of(self, engine: str, baseline: str = "transformers") -> float:
+        """engine's tokens/s over baseline's (> 1: engine is faster)."""
+        return self.median_tokens_per_s(engine) / self.median_tokens_per_s(baseline)
+
+    @property
     def ratio(self) -> float:
-        """ds_core tokens/s over transformers tokens/s (> 1: ds_core is faster)."""
-        return self.median_tokens_per_s("ds_core") / self.median_tokens_per_s("transformers")
+        """ds_core tokens/s over transformers tokens/s, the compiled step's when it was timed."""
+        return self.ratio_of(COMPILED if self.runs.get(COMPILED) else "ds_core")
 
     @property
     def matching_tokens(self) -> int:
-        """How many leading greedy tokens the two engines agree on (new_tokens when they agree on all)."""
-        a, b = self.runs["ds_core"][0].tokens, self.runs["transformers"][0].tokens
+        """How many leading greedy tokens all engines agree on (new_tokens when they agree on all)."""
+        runs = [self.runs[e][0].tokens for e in self.engines]
         n = 0
-        while n < min(len(a), len(b)) and a[n] == b[n]:
+        while n < min(map(len, runs)) and len({r[n] for r in runs}) == 1:
             n += 1
         return n
 
@@ -164,6 +182,7 @@ class BenchResult:
         what = ("RANDOM weights, DeepSeek-V3 architecture, saved by transformers (nonsense text, real speed)"
                 if self.random_weights else "weights from the checkpoint")
         repeats = len(self.runs["ds_core"])
+        compiled = "with and without its compiled decode step " if self.runs.get(COMPILED) else ""
         lines = [
             "decode benchmark: batch 1, greedy, fp32, CPU",
             f"  model      {self.model}",
@@ -171,23 +190,31 @@ class BenchResult:
             f"  prompt     {self.prompt_len} tokens, then {self.new_tokens} new tokens; decode rate = "
             f"{self.new_tokens - 1} tokens / time from the 1st new token to the last (prefill excluded)",
             f"  threads    {self.threads} for both   torch {torch.__version__}   transformers {_hf_version()}",
-            f"  engines    ds_core generate_ids (mla={self.mla}) vs transformers generate (attn={self.hf_attention});"
-            f" {repeats} runs each, alternated; median",
+            f"  engines    ds_core generate_ids (mla={self.mla}) {compiled}vs transformers generate "
+            f"(attn={self.hf_attention}); {repeats} runs each, alternated; median",
             "",
-            f"  {'engine':<14}{'tokens/s':>10}{'ms/token':>10}   each run (tokens/s)",
+            f"  {'engine':<18}{'tokens/s':>10}{'ms/token':>10}   each run (tokens/s)",
         ]
-        for engine in self.ENGINES:
+        for engine in self.engines:
             tps = self.median_tokens_per_s(engine)
             runs = ", ".join(f"{r.tokens_per_s:.1f}" for r in self.runs[engine])
-            lines.append(f"  {engine:<14}{tps:>10.1f}{1000 / tps:>10.3f}   {runs}")
+            lines.append(f"  {engine:<18}{tps:>10.1f}{1000 / tps:>10.3f}   {runs}")
         match = self.matching_tokens
         same = "yes" if match == self.new_tokens else f"NO (the first {match} of {self.new_tokens} agree)"
-        lines += [
-            "",
-            f"  ratio ds_core / transformers: {self.ratio:.2f}x   (target >= 2x; project target >= 5x)",
-            f"  greedy tokens identical: {same}",
-        ]
-        noisy = [e for e in self.ENGINES if self.spread(e) > self.NOISY]
+        lines.append("")
+        if self.runs.get(COMPILED):
+            lines += [
+                f"  ratio ds_core compiled / transformers: {self.ratio:.2f}x   (target >= 2x; project target >= 5x)",
+                f"  ratio ds_core eager / transformers:    {self.ratio_of('ds_core'):.2f}x",
+                f"  ratio ds_core compiled / eager:        {self.ratio_of(COMPILED, 'ds_core'):.2f}x",
+                f"  compiling the decode step took {self.compile_seconds or 0:.1f} s (in the warm-up, not timed)"
+                if self.compile_error is None else
+                f"  warning: compiling failed, so 'ds_core compiled' ran eagerly: {self.compile_error}",
+            ]
+        else:
+            lines.append(f"  ratio ds_core / transformers: {self.ratio:.2f}x   (target >= 2x; project target >= 5x)")
+        lines.append(f"  greedy tokens identical{' (all engines)' if len(self.engines) > 2 else ''}: {same}")
+        noisy = [e for e in self.engines if self.spread(e) > self.NOISY]
         if noisy:
             lines.append(f"  warning: runs of {' and '.join(noisy)} differ by up to "
                          f"{max(self.spread(e) for e in noisy):.1f}x: the machine was busy. Rerun with more "
@@ -196,8 +223,11 @@ class BenchResult:
 
 
 def run_benchmark(model_dir: str | Path | None = None, prompt_len: int = 32, new_tokens: int = 128,
-                  repeats: int = 3, threads: int = 1, mla: str | None = None, seed: int = 0) -> BenchResult:
+                  repeats: int = 3, threads: int = 1, mla: str | None = None, seed: int = 0,
+                  compile: bool = True) -> BenchResult:
     """Load model_dir (or a fresh random checkpoint) into both engines and time them, alternating.
+
+    compile: also time ds_core with its compiled decode step (compiled during the warm-up, timed separately).
 
     Sets torch's thread count to `threads` for the measurement and restores it afterwards.
     """
@@ -232,13 +262,20 @@ def run_benchmark(model_dir: str | Path | None = None, prompt_len: int = 32, new
     )
     engines = {
         "ds_core": lambda n: time_ds_core(ours, prompt, n, mla),
+        COMPILED: lambda n: time_ds_core(ours, prompt, n, mla, compile=True),
         "transformers": lambda n: time_transformers(theirs, prompt, n),
     }
+    compile = compile and ours.compile_decode().supports(batch=1, mla=mla)  # naive MLA: no compiled step
+    if not compile:
+        del engines[COMPILED]
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for timed in engines.values():  # warm-up: first-call allocations and lazy initialisation
+        for timed in engines.values():  # warm-up: first-call allocations and lazy initialisation; compiling
             timed(min(new_tokens, 8))
+        if compile:
+            result.compile_seconds = ours.compile_decode().compile_seconds
+            result.compile_error = ours.compile_decode().error
         for _ in range(repeats):
             for engine, timed in engines.items():
                 gc.collect()
@@ -259,7 +296,7 @@ def _hf_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ds_core bench", description=(
         "Decode tokens/s at batch 1 on CPU: ds_core against transformers' generate on the same checkpoint, "
-        "in one run; prints both, ms/token and their ratio."))
+        "in one run; prints both (ds_core eager and with its compiled decode step), ms/token and their ratios."))
     p.add_argument("--model", metavar="PATH", help="Hugging Face DeepSeek-V2/V3 checkpoint directory (default: a "
                    "random-weight DeepSeek-V3 checkpoint of the shipped model's shape, built for the run)")
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (default 32)")
@@ -268,9 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads, the same for both engines (default 1)")
     p.add_argument("--mla", choices=("absorbed", "naive"), default=None,
                    help="ds_core's MLA implementation (default absorbed: the latent cache)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="time ds_core eagerly only, without its torch.compile'd decode step (which "
+                        "takes about a minute to compile, and needs the absorbed MLA: --mla naive skips it too)")
     args = p.parse_args(argv)
     try:
-        result = run_benchmark(args.model, args.prompt_len, args.new_tokens, args.repeats, args.threads, args.mla)
+        result = run_benchmark(args.model, args.prompt_len, args.new_tokens, args.repeats, args.threads, args.mla,
+                               compile=args.compile)
     except (ValueError, OSError) as e:  # CheckpointError and ConfigError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
