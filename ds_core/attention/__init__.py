@@ -1,19 +1,28 @@
-"""Attention backends, chosen per forward call. Each takes positions and decides which pairs to compute."""
+"""Attention backends, chosen per forward call. Each takes positions and decides which pairs to compute.
 
-from .dense import DenseAttention
+    model(ids, backend="dense")                                   # the reference
+    model(ids, backend=get_backend("window", window=32, n_global=4))
+    model(ids, backend=WindowAttention(32, n_global=4, temperature=0.5))
+"""
 
-BACKENDS = {"dense": DenseAttention}
+from .dense import DenseAttention, check_temperature
+from .window import WindowAttention
+
+BACKENDS = {"dense": DenseAttention, "window": WindowAttention}
 
 
-def get_backend(backend=None):
-    """None or a name -> a backend instance; an instance passes through."""
+def get_backend(backend=None, **options):
+    """None, a name (with its options) or a backend instance -> a backend instance."""
     if backend is None:
-        return DenseAttention()
-    if isinstance(backend, str):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        return BACKENDS[backend]()
-    return backend
+        backend = "dense"
+    if not isinstance(backend, str):
+        return backend
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    try:
+        return BACKENDS[backend](**options)
+    except TypeError as e:  # a missing or unknown option: name what the backend takes
+        raise ValueError(f"attention backend {backend!r}: {e}") from None
 
 
-__all__ = ["DenseAttention", "BACKENDS", "get_backend"]
+__all__ = ["DenseAttention", "WindowAttention", "BACKENDS", "get_backend", "check_temperature"]

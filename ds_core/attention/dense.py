@@ -10,16 +10,34 @@ False at left padding, or None when nothing is padded.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 
 from .. import trace
 
 
+def check_temperature(temperature) -> float:
+    """The attention temperature τ_attn as a float, or ValueError: it must be a finite number > 0."""
+    t = temperature
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0:
+        raise ValueError(f"attention temperature τ_attn must be a finite number > 0 (1 = the model's own), got {t!r}")
+    return float(t)
+
+
 class DenseAttention:
-    """softmax(q·kᵀ · scale, causal) · v. Fast path: torch SDPA. Traced path: explicit scores and probs."""
+    """softmax(q·kᵀ · scale / τ_attn, causal) · v. Fast path: torch SDPA. Traced path: explicit scores and probs.
+
+    τ_attn (temperature) sharpens (< 1) or flattens (> 1) every attention row; 1 is the model as trained. It is
+    separate from the sampling temperature, which acts on the next-token distribution.
+    """
 
     name = "dense"
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = check_temperature(temperature)
 
     def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor | None) -> torch.Tensor:
         """Bool [B, T, S]: may query t read key s? Causal by position; padding is never read."""
@@ -32,6 +50,7 @@ class DenseAttention:
 
     def __call__(self, q, k, v, q_pos, k_pos, k_valid, scale: float, name: str) -> torch.Tensor:
         """-> [B, H, T, dv]. `name` prefixes the traced scores and probs (e.g. 'layers.0.attn')."""
+        scale = scale / self.temperature
         if trace.active() is not None:
             return self.explicit(q, k, v, self.allowed(q_pos, k_pos, k_valid), scale, name)
         T, S = q.shape[2], k.shape[2]

@@ -60,7 +60,9 @@ class CompiledDecode:
 
     def supports(self, batch: int, mla: str | None = None, backend=None) -> bool:
         """Would generate_ids decode through the compiled step for this batch size, MLA and backend?"""
-        dense = backend is None or backend == "dense" or isinstance(backend, DenseAttention)
+        # the compiled step runs the default backend: plain dense attention at τ_attn = 1
+        dense = backend is None or backend == "dense" or (type(backend) is DenseAttention
+                                                          and backend.temperature == 1.0)
         plain_experts = not self.model.config.mlp_bias  # MoE.run_experts_gathered has no biases
         return (self.error is None and batch == 1 and (mla or self.model.mla) == "absorbed" and dense
                 and plain_experts)
