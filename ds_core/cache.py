@@ -6,6 +6,8 @@ Two kinds, one per MLA implementation:
 - LatentCache: per token only [c_KV | k_rope], kv_lora_rank + qk_rope_head_dim numbers shared by all heads.
 Both also keep each slot's rotary position and whether it is padding, which attention masks need.
 StaticLatentCache is a LatentCache preallocated to a fixed length, for the torch.compile'd decode step.
+RollingNaiveCache / RollingLatentCache drop the slots no later query can read (for a sliding window: all but
+the sinks and the last `window` tokens), so their memory stays constant as the text grows.
 """
 
 from __future__ import annotations
@@ -37,10 +39,22 @@ class GrowingTensor:
     def view(self) -> torch.Tensor:
         return self.buffer.narrow(self.dim, 0, self.length)
 
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the entries at `index` (LongTensor [n], ascending) along `dim`, moved to the front in
+        order; the buffer (and so its capacity) stays."""
+        kept = self.view().index_select(self.dim, index)  # a copy: the slices overlap
+        self.buffer.narrow(self.dim, 0, len(index)).copy_(kept)
+        self.length = len(index)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the cached entries (not of spare capacity)."""
         return 0 if self.buffer is None else self.view().numel() * self.buffer.element_size()
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of the buffer, spare capacity included: what the tensor really holds on to."""
+        return 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
 
 
 class KVCache:
@@ -70,13 +84,22 @@ class KVCache:
         k_valid = self.valid.append(valid)
         return self.positions.append(positions), (k_valid if self.has_padding else None)
 
-    def tensors(self) -> list[GrowingTensor]:
+    def layer_tensors(self, layer: int) -> list[GrowingTensor]:
+        """The K/V state of one layer."""
         raise NotImplementedError
+
+    def tensors(self) -> list[GrowingTensor]:
+        return [t for layer in range(self.num_layers) for t in self.layer_tensors(layer)]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of K/V state in the cache, all layers and batch rows, measured from the cache tensors."""
+        return sum(t.nbytes for t in self.tensors())
 
     def bytes_per_token(self) -> float:
         """Bytes of K/V state per cached token, all layers, measured from the cache tensors themselves."""
         batch = self.positions.view().shape[0]
-        return sum(t.nbytes for t in self.tensors()) / (batch * self.length)
+        return self.nbytes / (batch * self.length)
 
 
 class NaiveCache(KVCache):
@@ -92,8 +115,8 @@ class NaiveCache(KVCache):
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[layer].append(k), self.v[layer].append(v)
 
-    def tensors(self) -> list[GrowingTensor]:
-        return self.k + self.v
+    def layer_tensors(self, layer: int) -> list[GrowingTensor]:
+        return [self.k[layer], self.v[layer]]
 
 
 class LatentCache(KVCache):
@@ -108,8 +131,8 @@ class LatentCache(KVCache):
     def update(self, layer: int, latent_and_rope: torch.Tensor) -> torch.Tensor:
         return self.kv[layer].append(latent_and_rope)
 
-    def tensors(self) -> list[GrowingTensor]:
-        return self.kv
+    def layer_tensors(self, layer: int) -> list[GrowingTensor]:
+        return [self.kv[layer]]
 
 
 class FixedTensor:
@@ -179,9 +202,63 @@ class StaticLatentCache(LatentCache):
         return sum(t.nbytes for t in self.kv) / (batch * self.capacity)
 
 
-def new_cache(mla: str, num_layers: int) -> KVCache:
-    """An empty cache for the MLA implementation `mla` ('naive' or 'absorbed')."""
+class Rolling:
+    """Mixin for NaiveCache / LatentCache: before each forward pass, drop the slots no later query can read.
+
+    keep(k_pos [B, S], next_pos [B]) -> Bool [B, S] says which cached keys a query at a position >= next_pos may
+    still read; the attention backend supplies it (WindowAttention.keys_needed: the sinks and the last window-1
+    positions, while no global query is still to come). Slots are shared by the batch rows, so a slot stays while
+    any row needs it (rows whose rule excludes it mask it, as they would in the full cache); padding goes.
+
+    Only slots are dropped, never positions: each kept slot keeps its real rotary position, and new tokens keep
+    counting from cache.next_position. Attention over the kept slots equals attention over the full cache,
+    because the dropped slots were masked out anyway. Dropping happens at the start of the next pass (the
+    positions in add_positions, each layer's tensors in its update), so between passes the cache holds the
+    kept slots plus the tokens just added: n_global + window slots once a window-only decode is past them.
+    """
+
+    def __init__(self, num_layers: int, keep):
+        super().__init__(num_layers)
+        self.keep_rule = keep
+        self.pending: list[torch.Tensor | None] = [None] * num_layers  # slots each layer must keep, not yet applied
+
+    def add_positions(self, positions: torch.Tensor, valid: torch.Tensor | None = None):
+        if self.length and self.next_position is not None:
+            needed = self.keep_rule(self.positions.view(), self.next_position) & self.valid.view()
+            kept = needed.any(0)  # [S]: the batch rows share slots
+            if not bool(kept.all()):
+                index = kept.nonzero()[:, 0]
+                self.positions.keep(index)
+                self.valid.keep(index)
+                self.pending = [index] * self.num_layers
+        return super().add_positions(positions, valid)
+
+    def update(self, layer: int, *new: torch.Tensor):
+        index, self.pending[layer] = self.pending[layer], None
+        if index is not None:
+            for t in self.layer_tensors(layer):
+                t.keep(index)
+        return super().update(layer, *new)
+
+
+class RollingNaiveCache(Rolling, NaiveCache):
+    """A NaiveCache that keeps only the slots a later query can read (see Rolling)."""
+
+
+class RollingLatentCache(Rolling, LatentCache):
+    """A LatentCache that keeps only the slots a later query can read (see Rolling)."""
+
+
+def new_cache(mla: str, num_layers: int, backend=None) -> KVCache:
+    """An empty cache for the MLA implementation `mla` ('naive' or 'absorbed').
+
+    backend: the attention backend (instance) the cache will serve. One with a keys_needed(k_pos, next_pos)
+    method (WindowAttention) gets a rolling cache of constant size; any other (dense, a name, None) the full one.
+    """
     kinds = {"naive": NaiveCache, "absorbed": LatentCache}
     if mla not in kinds:
         raise ValueError(f"mla must be 'naive' or 'absorbed', got {mla!r}")
-    return kinds[mla](num_layers)
+    keep = getattr(backend, "keys_needed", None)
+    if keep is None:
+        return kinds[mla](num_layers)
+    return {"naive": RollingNaiveCache, "absorbed": RollingLatentCache}[mla](num_layers, keep)

@@ -145,9 +145,9 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict)
         if row["temperature"] == SAMPLE_TEMPERATURES[-1]:
             lines.append("")
     lines += ["## Limits", "",
-              "A 5M-parameter model of a synthetic world: it writes stories of this corpus's kind and nothing "
-              "else, and it knows no facts. Its job is to make every mechanism of DeepSeek-style inference "
-              "observable on a laptop."]
+              f"A {human_count(params['total'])}-parameter model of a synthetic world: it writes stories of this "
+              "corpus's kind and nothing else, and it knows no facts. Its job is to make every mechanism of "
+              "DeepSeek-style inference observable on a laptop."]
     return "\n".join(lines) + "\n"
 
 

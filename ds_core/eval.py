@@ -15,6 +15,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,13 @@ def story_windows(tok: Tokenizer, split: str, n: int, seq_len: int) -> torch.Ten
     return torch.stack([stream[s:s + seq_len + 1] for s in starts.tolist() if s + seq_len + 1 <= len(stream)])
 
 
+def window_logits(model, ids: torch.Tensor, opts: RunOptions) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Story windows ids [n, L + 1] (from story_windows), opts.batch_size at a time -> (chunk [b, L + 1],
+    logits [b, L, V]): the logits of each window's first L tokens, which predict its last L."""
+    for chunk in ids.split(opts.batch_size):
+        yield chunk, _forward(model, chunk[:, :-1], opts)
+
+
 @torch.inference_mode()
 def perplexity(model, tok: Tokenizer, split: str = "test", n: int = 200, seq_len: int | None = None,
                opts: RunOptions = RunOptions()) -> dict:
@@ -51,8 +59,7 @@ def perplexity(model, tok: Tokenizer, split: str = "test", n: int = 200, seq_len
     seq_len = seq_len or model.config.max_position_embeddings
     ids = story_windows(tok, split, n, seq_len)
     total, count = 0.0, 0
-    for chunk in ids.split(opts.batch_size):
-        logits = _forward(model, chunk[:, :-1], opts)
+    for chunk, logits in window_logits(model, ids, opts):
         total += F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten().to(logits.device),
                                  reduction="sum").item()
         count += chunk[:, 1:].numel()

@@ -10,6 +10,8 @@ from typing import Iterator
 
 import torch
 
+from .attention import get_backend
+from .cache import new_cache
 from .tokenizer import Tokenizer
 
 
@@ -73,6 +75,8 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     on_logits(step, logits [B, V]) sees each step's logits before sampling (for showing the distribution).
     compile: decode through model.compile_decode() (torch.compile; the first call compiles for tens of seconds)
     where it applies (batch 1, absorbed MLA, dense attention; otherwise, or inside a trace, steps run eagerly).
+    With a window backend the KV cache rolls (ds_core.cache.Rolling): it keeps the sinks and the last `window`
+    tokens only, so its memory stays constant; the tokens are those of the same backend over the full cache.
     Arguments are checked when called, before the first token is asked for.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -96,10 +100,11 @@ def _generate_ids(model, input_ids, attention_mask, params, max_new_tokens, seed
         generator = torch.Generator(device=device).manual_seed(seed)
     eos = torch.tensor(eos_ids if eos_ids is not None else model.config.eos_ids, device=device, dtype=torch.long)
     decode = model.compile_decode() if compile else None
+    backend = get_backend(backend)  # an instance, so the cache can ask it what later queries read
     if decode is not None and decode.supports(input_ids.shape[0], mla, backend):
         cache = decode.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
-    else:
-        decode, cache = None, model.new_cache(mla)
+    else:  # a window backend gets a rolling cache: constant memory however long the text grows
+        decode, cache = None, new_cache(mla or model.mla, model.config.num_hidden_layers, backend)
     logits = model(input_ids, cache=cache, attention_mask=attention_mask, backend=backend)[:, -1]
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     for step in range(max_new_tokens):

@@ -3,12 +3,14 @@
     model(ids, backend="dense")                                   # the reference
     model(ids, backend=get_backend("window", window=32, n_global=4))
     model(ids, backend=WindowAttention(32, n_global=4, temperature=0.5))
+    model(ids, backend=get_backend("dsa", indexers="assets/ds-tiny", top_k=32))   # needs a trained indexer
 """
 
 from .dense import DenseAttention, check_temperature
+from .dsa import DSAAttention
 from .window import WindowAttention
 
-BACKENDS = {"dense": DenseAttention, "window": WindowAttention}
+BACKENDS = {"dense": DenseAttention, "window": WindowAttention, "dsa": DSAAttention}
 
 
 def get_backend(backend=None, **options):
@@ -25,4 +27,4 @@ def get_backend(backend=None, **options):
         raise ValueError(f"attention backend {backend!r}: {e}") from None
 
 
-__all__ = ["DenseAttention", "WindowAttention", "BACKENDS", "get_backend", "check_temperature"]
+__all__ = ["DenseAttention", "WindowAttention", "DSAAttention", "BACKENDS", "get_backend", "check_temperature"]

@@ -161,6 +161,18 @@ class WindowAttention:
         out = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)           # [B, Hk, g·R, dv]
         return rearrange(out, "b hk (g r) d -> b (hk g) r d", g=g)
 
+    # ---- what a decoding cache must keep ---------------------------------------------------------------
+    def keys_needed(self, k_pos: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
+        """Bool [B, S]: may a query at a position >= next_pos [B] still read the cached key at k_pos [B, S]?
+
+        The rule for the nearest such query, since later ones reach no further back: the sinks, the global keys
+        and the last window-1 positions. While a global query is still to come it reads every earlier key, so
+        then all are needed. A rolling KV cache keeps just these (ds_core.cache.Rolling)."""
+        needed = self.allowed(next_pos[:, None], k_pos, None)[:, 0]
+        if self.global_positions:
+            needed |= (next_pos <= self.global_positions[-1])[:, None]
+        return needed
+
     # ---- what it costs ------------------------------------------------------------------------------
     def scores_computed(self, T: int, S: int | None = None) -> int:
         """Score entries (per batch row and head) a call computes for T queries that are the last of S keys at

@@ -2,8 +2,8 @@
 story introduced d tokens earlier, with nothing in between mentioning it.
 
 A probe introduces one character first (for an object probe, with the object), then tells about the others for a while, then cues the character:
-- kind "name":   "... Then the baker,"       -> " Mira"  (introduced as "a young baker named Mira")
-- kind "object": "... Mira picked up her"    -> " kite"  (introduced as "Mira had a red kite")
+- kind "name":   "... Then the baker named"  -> " Mira"  (introduced as "a young baker named Mira")
+- kind "object": "... Nobody touched Mira's" -> " kite"  (introduced as "Mira's kite was red")
 d counts tokens from the target's first token in the introduction to the position that must predict it.
 """
 
@@ -14,8 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from . import words as W
-from .stories import SPLIT_SEEDS, cap, introduction, new_story, possession
+from .stories import SPLIT_SEEDS, introduction, new_story, possession
 
 BUCKETS = ((1, 32), (33, 128), (129, 256), (257, 480))
 
@@ -35,9 +34,10 @@ class Probe:
 
 def _cue(rng: random.Random, kind: str, c) -> tuple[str, str]:
     if kind == "name":
-        return rng.choice(["Then the", "After a while the", "Meanwhile the", "The"]) + f" {c.role},", f" {c.name}"
-    lead = rng.choice(["", "Then ", "Feeling " + rng.choice(W.FEELINGS) + ", "])
-    return cap(f"{lead}{c.name} {rng.choice(W.OBJECT_VERBS)} {c.possessive}"), f" {c.obj}"
+        lead = rng.choice(["Then the", "After a while the", "Meanwhile the", "The"])
+        return f"{lead} {c.role} named", f" {c.name}"
+    lead = rng.choice(["Then ", "Nobody touched ", "Everyone could see ", ""])
+    return f"{lead}{c.name}'s", f" {c.obj}"
 
 
 def make_probe(seed: int, kind: str, lo: int, hi: int, encode: Callable[[str], list[int]],

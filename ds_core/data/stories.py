@@ -1,13 +1,15 @@
 """A seeded generator of short English stories with characters, their belongings, places and dialogue.
 
-Every story introduces its characters early ("a young baker named Mira", "Mira had a red kite") and refers
+Every story introduces its characters early ("a young baker named Mira", "Mira's kite was red") and refers
 back to them later, sometimes after a long stretch about someone else. Two kinds of reference are fixed by
 the story, not by chance, so a model can only get them right by looking back:
 
-- name recall: the role followed by a comma is always followed by that character's name
-  ("... the baker, Mira, ...");
-- object recall: a name followed by one of OBJECT_VERBS and a possessive is always followed by that
-  character's own object ("Mira picked up her kite").
+- name recall: "the <role> named" is always followed by that character's name ("... the baker named Mira");
+- object recall: a name's possessive is always followed by that character's own object ("Mira's kite"), and
+  so is a name followed by one of OBJECT_VERBS and her/his ("Mira picked up her kite").
+
+Both cues repeat the words of the introduction, so looking back means copying what followed them then (what
+an induction head does).
 
 `recall.py` cuts stories at exactly those points to measure recall by distance. Everything else (scenery,
 errands, weather, conversation) is drawn from many templates and word lists, so the text is varied.
@@ -114,20 +116,22 @@ def introduction(rng: random.Random, s: Setting, c: Character) -> str:
 
 
 def possession(rng: random.Random, c: Character) -> str:
-    """Gives the character's object: the source of every later object recall."""
+    """Gives the character's object as '<Name>'s <object>': the source of every later object recall."""
+    own = f"{c.name}'s {c.obj}"
+    giver = rng.choice(["a friend", "an aunt", "a stranger", "an uncle", "a neighbour", "a teacher"])
     return rng.choice([
-        f"{c.name} had {c.object_phrase}.",
-        f"{c.name} owned {c.object_phrase} and took it everywhere.",
-        f"{c.name} always carried {c.object_phrase}.",
-        f"{c.name} kept {c.object_phrase} by the {rng.choice(W.FURNITURE)}.",
-        f"{c.name} had been given {c.object_phrase} by {rng.choice(['a friend', 'an aunt', 'a stranger', 'an uncle', 'a neighbour', 'a teacher'])}.",
-        f"{c.name} was never without {c.object_phrase}.",
+        f"{own} was {c.obj_adj}.",
+        f"{c.name} had {c.object_phrase}, and {own} went everywhere.",
+        f"Everyone knew {own}: it was {c.obj_adj} and old.",
+        f"{own} had been a gift from {giver}.",
+        f"By the {rng.choice(W.FURNITURE)} lay {own}, {c.obj_adj} as ever.",
+        f"{c.name} was proud of {c.possessive} {c.obj_adj} {c.obj}, and {own} was never far away.",
     ])
 
 
 def name_recall(rng: random.Random, s: Setting, c: Character) -> str:
-    """'the <role>, <Name>, ...': the name after the role is fixed by the introduction."""
-    who = f"the {c.role}, {c.name},"
+    """'the <role> named <Name>': the name after the role is fixed by the introduction."""
+    who = f"the {c.role} named {c.name}"
     rest = rng.choice([
         f"{rng.choice(W.VERBS_PAST)} {rng.choice(W.ADVERBS)} to the {rng.choice(W.PLACES)}",
         f"came back from the {rng.choice(W.PLACES)}",
@@ -149,15 +153,19 @@ def name_recall(rng: random.Random, s: Setting, c: Character) -> str:
 
 
 def object_recall(rng: random.Random, c: Character) -> str:
-    """'<Name> <object verb> her <object>': the object is fixed by the possession sentence."""
-    head = f"{c.name} {rng.choice(W.OBJECT_VERBS)} {c.possessive} {c.obj}"
+    """'<Name>'s <object>', or '<Name> <object verb> her <object>': the object is fixed by the possession
+    sentence."""
+    own = f"{c.name}'s {c.obj}"
+    by_verb = f"{c.name} {rng.choice(W.OBJECT_VERBS)} {c.possessive} {c.obj}"
     return rng.choice([
-        f"{head}.",
-        f"{head} and {rng.choice(W.VERBS_PAST)} {rng.choice(W.ADVERBS)}.",
-        f"{head}, because the {rng.choice(W.SCENERY_NOUNS)} looked {rng.choice(W.SCENERY_ADJECTIVES)}.",
-        f"{head} once more before going to the {rng.choice(W.PLACES)}.",
-        f"Then {head}.",
-        f"Feeling {rng.choice(W.FEELINGS)}, {head}.",
+        f"{own} was still by the {rng.choice(W.FURNITURE)}.",
+        f"{own} looked {rng.choice(W.SCENERY_ADJECTIVES)} in the {rng.choice(W.SCENERY_NOUNS)}.",
+        f"Nobody touched {own}.",
+        f"Then {own} fell off the {rng.choice(W.FURNITURE)}.",
+        f"Everyone could see {own} from the {rng.choice(W.PLACES)}.",
+        f"{by_verb}, because the {rng.choice(W.SCENERY_NOUNS)} looked {rng.choice(W.SCENERY_ADJECTIVES)}.",
+        f"Feeling {rng.choice(W.FEELINGS)}, {by_verb}.",
+        f"Then {by_verb} and {rng.choice(W.VERBS_PAST)} {rng.choice(W.ADVERBS)}.",
     ])
 
 

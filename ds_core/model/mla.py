@@ -54,6 +54,8 @@ class MLA(nn.Module):
             k_pos, k_valid = q_pos, None
         else:
             k_pos, k_valid = cache.positions.view(), (cache.valid.view() if cache.has_padding else None)
+        if hasattr(backend, "observe"):  # a backend that picks keys from the hidden states (DSA's indexer)
+            backend.observe(self.layer, x, q_pos, cache)
         if mla == "naive":
             out = self.naive(q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend)
         else:
