@@ -1,7 +1,7 @@
 """Evaluate a model on the story corpus: perplexity, long-range recall by distance, and expert load.
 
     python -m ds_core.eval --model assets/ds-tiny                 # all three, printed as a table
-    python -m ds_core.eval --model assets/ds-tiny --json out.json --dtype bf16 --backend dense
+    python -m ds_core.eval --model assets/ds-tiny --json out.json --dtype bf16 --window 32 --sinks 4
 
 Every function takes the options generation takes (the attention backend, the MLA form; the dtype is the
 model's own), so a lab can measure what a technique costs by passing the same options it generates with.
@@ -170,6 +170,19 @@ def format_report(r: dict) -> str:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def backend_from_args(args):
+    """The attention backend the command line asks for: dense, --window W [--sinks G] or --dsa-top-k K."""
+    from .attention import DenseAttention, DSAAttention, WindowAttention
+
+    if args.window is not None and args.dsa_top_k is not None:
+        raise ValueError("choose one of --window and --dsa-top-k")
+    if args.window is not None:
+        return WindowAttention(args.window, n_global=args.sinks, temperature=args.attn_temperature)
+    if args.dsa_top_k is not None:
+        return DSAAttention.from_pretrained(args.model, args.dsa_top_k, args.attn_temperature)
+    return DenseAttention(temperature=args.attn_temperature)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .model import DeepSeekModel
 
@@ -177,15 +190,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="assets/ds-tiny", metavar="PATH")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", default=None, help="attention backend (default dense)")
+    parser.add_argument("--window", type=int, metavar="W", help="sliding-window attention over W tokens")
+    parser.add_argument("--sinks", type=int, default=0, metavar="G", help="with --window: G sink tokens")
+    parser.add_argument("--dsa-top-k", type=int, metavar="K",
+                        help="DSA attention over each query's top K tokens (needs the model's trained indexer)")
+    parser.add_argument("--attn-temperature", type=float, default=1.0, metavar="T", help="attention τ_attn")
     parser.add_argument("--mla", choices=("naive", "absorbed"), default=None)
     parser.add_argument("--per-bucket", type=int, default=100, help="recall probes per distance bucket")
     parser.add_argument("--stories", type=int, default=200, help="story windows for perplexity")
     parser.add_argument("--json", metavar="FILE", help="also write the full results here")
     args = parser.parse_args(argv)
+    try:
+        backend = backend_from_args(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model = DeepSeekModel.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
     tok = Tokenizer.from_pretrained(args.model)
-    result = evaluate(model, tok, args.per_bucket, args.stories, RunOptions(args.backend, args.mla))
+    result = evaluate(model, tok, args.per_bucket, args.stories, RunOptions(backend, args.mla))
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
