@@ -180,3 +180,17 @@ def test_qkv_tab_draws_the_projections(page, tmp_path):
         for key in ("x", "cq", "ckv", "q", "k", "v"):
             sync_api.expect(page.locator(f"#qkv-{key} :is({PLOT_DRAWN})").first).to_be_visible()
         assert not page.errors, page.errors
+
+
+@pytest.mark.parametrize("tab,buttons,plots", [
+    ("Attention & masks", ["#attn-button"], ["#attn-mask", "#attn-probs"]),
+    ("τ sharpness", ["#tau-sharpness-button", "#tau-sampling-button"], ["#tau-sharpness-plot", "#tau-sampling-plot"]),
+], ids=["attention", "sharpness"])
+def test_attention_lab_tab_draws_its_plots(page, tmp_path, tab, buttons, plots):
+    with _step(page, tmp_path, f"the {tab} tab opens and pressing {', '.join(buttons)} draws {', '.join(plots)}"):
+        page.get_by_role("tab", name=tab).click()
+        for button in buttons:
+            page.click(button)
+        for plot in plots:  # a drawn plotly figure, not the empty placeholder
+            sync_api.expect(page.locator(f"{plot} :is({PLOT_DRAWN})").first).to_be_visible()
+        assert not page.errors, page.errors

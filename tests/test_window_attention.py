@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attention_helpers import brute_allowed as pair_by_pair
+from attention_helpers import positions, qkv
 import torch.nn.functional as F
 
 from conftest import make_reference
@@ -14,30 +16,11 @@ from ds_core.model import DeepSeekModel
 
 
 def brute_allowed(wa: WindowAttention, q_pos, k_pos, k_valid) -> torch.Tensor:
-    """The rule as the issue states it, one (query, key) pair at a time."""
-    B, T, S = q_pos.shape[0], q_pos.shape[1], k_pos.shape[1]
-    out = torch.zeros(B, T, S, dtype=torch.bool)
-    for b in range(B):
-        for t in range(T):
-            p = int(q_pos[b, t])
-            for j in range(S):
-                s = int(k_pos[b, j])
-                near = p - s < wa.window or s < wa.n_global or s in wa.global_positions or p in wa.global_positions
-                out[b, t, j] = s <= p and near and (k_valid is None or bool(k_valid[b, j]))
-            if not out[b, t].any():  # a padding query: key 0, so its output stays finite
-                out[b, t, 0] = True
-    return out
-
-
-def qkv(B, H, Hk, T, S, d=8, dv=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, H, T, d, generator=g), torch.randn(B, Hk, S, d, generator=g),
-            torch.randn(B, Hk, S, dv, generator=g))
-
-
-def positions(B, T, S):
-    """The last T of S positions 0..S-1, the same for every row (prefill T == S, or decode with a cache)."""
-    return torch.arange(S - T, S).expand(B, T), torch.arange(S).expand(B, S)
+    """The rule as the module states it, one (query, key) pair at a time."""
+    def near(p, s):
+        return (p - s < wa.window
+                or s < wa.n_global or s in wa.global_positions or p in wa.global_positions)
+    return pair_by_pair(near, q_pos, k_pos, k_valid)
 
 
 @pytest.mark.parametrize("window,n_global,glob", [(1, 0, ()), (3, 0, ()), (3, 2, ()), (2, 1, (4, 7)), (5, 0, (0, 6)),
@@ -214,7 +197,7 @@ def test_backends_by_name_with_options_and_clear_errors():
     assert get_backend(None).temperature == 1.0 and get_backend("dense", temperature=0.5).temperature == 0.5
     with pytest.raises(ValueError, match="attention backend 'window': .*window"):
         get_backend("window")
-    with pytest.raises(ValueError, match="unknown attention backend 'sparse'; choose one of dense, window"):
+    with pytest.raises(ValueError, match="unknown attention backend 'sparse'; choose one of dense, window, dsa, block_local"):
         get_backend("sparse")
     with pytest.raises(ValueError, match="attention temperature τ_attn must be a finite number > 0"):
         get_backend("dense", temperature=0)

@@ -6,11 +6,12 @@
     model(ids, backend=get_backend("dsa", indexers="assets/ds-tiny", top_k=32))   # needs a trained indexer
 """
 
+from .block_local import BlockLocalAttention
 from .dense import DenseAttention, check_temperature
 from .dsa import DSAAttention
 from .window import WindowAttention
 
-BACKENDS = {"dense": DenseAttention, "window": WindowAttention, "dsa": DSAAttention}
+BACKENDS = {"dense": DenseAttention, "window": WindowAttention, "dsa": DSAAttention, "block_local": BlockLocalAttention}
 
 
 def get_backend(backend=None, **options):
@@ -27,4 +28,4 @@ def get_backend(backend=None, **options):
         raise ValueError(f"attention backend {backend!r}: {e}") from None
 
 
-__all__ = ["DenseAttention", "WindowAttention", "DSAAttention", "BACKENDS", "get_backend", "check_temperature"]
+__all__ = ["DenseAttention", "WindowAttention", "DSAAttention", "BlockLocalAttention", "BACKENDS", "get_backend", "check_temperature"]

@@ -59,3 +59,41 @@ def fit_prompt(tok: Tokenizer, prompt: str, budget: int) -> FittedPrompt:
         keep -= n - budget
     raise ValueError(f"no prompt token fits: the model's context leaves {budget} token(s) for the prompt; "
                      "ask for fewer new tokens")
+
+
+def check_prompt(tok: Tokenizer, prompt, budget: int) -> FittedPrompt:
+    """The visitor's prompt, refused when empty, cut to its last `budget` tokens when longer."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty: give at least one character of text")
+    return fit_prompt(tok, prompt, budget)
+
+
+def truncation_note(fitted: FittedPrompt, budget: int) -> str:
+    """A sentence saying the prompt was cut, or '' when it was not."""
+    if not fitted.truncated:
+        return ""
+    return (f"\n\nOnly the last {fitted.tokens} tokens of the prompt are used (at most {budget}, so the axes stay "
+            "readable).")
+
+
+def parse_list(name: str, text, parse=int) -> tuple:
+    """'3, 10' -> (3, 10) with parse=int (parse=float for '0.5, 1'); '' or None -> (). ValueError on bad text."""
+    if text is None:
+        return ()
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be text: a comma-separated list, got {type(text).__name__}")
+    kind = "whole numbers" if parse is int else "numbers"
+    try:
+        return tuple(parse(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be a comma-separated list of {kind} (like '3, 10'), got {text!r}") from None
+
+
+def tokenizer_or_notice(ctx: "AppContext", title: str) -> Tokenizer | None:
+    """The checkpoint's tokenizer; or None, after laying out tab `title` as a notice saying why it has none."""
+    try:
+        return Tokenizer.from_pretrained(ctx.path)
+    except Exception as e:  # no tokenizer.json, or an unreadable one (tokenizers raises a bare Exception)
+        with gr.Tab(title):
+            gr.Markdown(f"This tab needs the checkpoint's tokenizer, and `{ctx.path}` has none that loads: {e}.")
+    return None

@@ -14,10 +14,9 @@ import gradio as gr
 import plotly.graph_objects as go
 import torch
 
-from ..tokenizer import Tokenizer
 from ..viz import heatmap_figure, token_label
 from . import AppContext
-from .inputs import check_whole, fit_prompt, refuse
+from .inputs import check_prompt, check_whole, refuse, tokenizer_or_notice, truncation_note
 
 TITLE = "QKV projection"
 DEFAULT_PROMPT = "There was a young baker named Mira. Mira had a red kite."
@@ -57,31 +56,25 @@ def figures(tensors: dict[str, torch.Tensor], labels: list[str], layer: int, hea
 
 
 def build(ctx: AppContext):
-    try:
-        tok = Tokenizer.from_pretrained(ctx.path)
-    except Exception as e:  # no tokenizer.json, or an unreadable one: say so, keep the other tabs
-        with gr.Tab(TITLE):
-            gr.Markdown(f"This tab needs the checkpoint's tokenizer, and `{ctx.path}` has none that loads: {e}.")
+    tok = tokenizer_or_notice(ctx, TITLE)
+    if tok is None:
         return None
     cfg = ctx.config
 
     def run(prompt, layer, head):
         try:
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError("the prompt is empty: give at least one character of text")
+            fitted = check_prompt(tok, prompt, MAX_TOKENS)
             layer = check_whole("layer", layer, 0, cfg.num_hidden_layers - 1)
             head = check_whole("head", head, 0, cfg.num_attention_heads - 1)
         except ValueError as e:
             raise refuse(e) from None
-        fitted = fit_prompt(tok, prompt, MAX_TOKENS)
         ids = torch.tensor([tok.encode(fitted.text)])
         labels = [token_label(t) for t in tok.token_strings(ids[0].tolist())]
         tensors = projections(ctx.model, ids, layer, head)
         figs = figures(tensors, labels, layer, head)
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors.items())
-        note = (f"\n\nOnly the last {fitted.tokens} tokens are shown (at most {MAX_TOKENS}, so the rows stay "
-                "readable).") if fitted.truncated else ""
-        return (f"**{ids.shape[1]} tokens** · {shapes}{note}", *(figs.get(k) for k in CAPTIONS))
+        return (f"**{ids.shape[1]} tokens** · {shapes}{truncation_note(fitted, MAX_TOKENS)}",
+                *(figs.get(k) for k in CAPTIONS))
 
     with gr.Tab(TITLE):
         gr.Markdown(

@@ -2,5 +2,6 @@
 
 from .distribution import distribution_figure, token_label
 from .heatmap import heatmap_figure
+from .series import grouped_bars_figure, lines_figure
 
-__all__ = ["distribution_figure", "heatmap_figure", "token_label"]
+__all__ = ["distribution_figure", "grouped_bars_figure", "heatmap_figure", "lines_figure", "token_label"]
