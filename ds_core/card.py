@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import eval as evaluation
+from .attention_lab import format_sweep
 from .data import stories
 from .generate import generate
 from .inspect import architecture_rows, human_count, param_summary
@@ -75,7 +76,49 @@ def samples(model, tok: Tokenizer, openings: list[str], max_new_tokens: int = 80
     return out
 
 
-def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict) -> str:
+def sparse_attention_section(model_dir: Path, sweep_rows: list[dict]) -> list[str]:
+    """The DSA indexer's warm-up results (from indexer_config.json, written by python -m ds_core.train_indexer)
+    and perplexity / recall under sparse attention (ds_core.attention_lab.sweep, measured now)."""
+    if not sweep_rows:
+        return []
+    lines = ["## Sparse attention", "",
+             "`python -m ds_core.card` measures these with `ds_core.attention_lab.sweep` (test split; "
+             f"{next(iter(sweep_rows[0]['recall_n'].values()))} recall probes per distance bucket). `python -m ds_core.eval --window W "
+             "--sinks G` or `--dsa-top-k K` measures one scheme on the full evaluation.", "",
+             "| attention | scores computed (T = 512) | perplexity | "
+             + " | ".join(f"recall d {k}" for k in sweep_rows[0]["recall"]) + " |",
+             "|---|---|---|" + "---|" * len(sweep_rows[0]["recall"])]
+    for row in sweep_rows:
+        lines.append(f"| {row['name']} | {row['fraction_computed']:.1%} | {row['perplexity']:.3f} | "
+                     + " | ".join(f"{v:.0%}" for v in row["recall"].values()) + " |")
+    conf = model_dir / "indexer_config.json"
+    training = json.loads(conf.read_text()).get("training") if conf.is_file() else None
+    if training:
+        tc = training["config"]
+        lines += ["", f"**DSA lightning indexer** (`indexer.safetensors`, {tc['n_heads']} heads of {tc['head_dim']} "
+                  f"dims per layer): trained by `python -m ds_core.train_indexer` for {tc['steps']} steps with the "
+                  "model frozen, minimising the KL divergence from each layer's dense attention (summed over "
+                  "heads) to the indexer's distribution, as DeepSeek-V3.2's warm-up stage does. Held-out KL "
+                  f"{training['before']['kl']:.3f} before, {training['after']['kl']:.3f} after. Share of the dense "
+                  "attention mass on the indexer's top-k tokens, against simply taking the last k tokens:", "",
+                  "| k | indexer | last k tokens |", "|---|---|---|",
+                  *[f"| {k} | {v['indexer']:.1%} | {v['last_k']:.1%} |"
+                    for k, v in training["after"]["recall"].items()]]
+    return lines + [""]
+
+
+def sparse_sweep(model, tok, model_dir: Path, per_bucket: int) -> list[dict]:
+    from .attention import DSAAttention
+    from .attention_lab import sweep, window_backends
+
+    backends = window_backends(windows=(32, 128), sinks=(0, 4))
+    if (model_dir / "indexer.safetensors").is_file():
+        backends["DSA top-32"] = DSAAttention.from_pretrained(model_dir, top_k=32)
+    return sweep(model, tok, backends, per_bucket=per_bucket, n=60)
+
+
+def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
+         sweep_rows: list[dict] = ()) -> str:
     cfg = DeepSeekModel.from_pretrained(model_dir).config
     params = param_summary(cfg)
     log, tc = training["log"], training["config"]
@@ -134,7 +177,7 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict)
         "|---|" + "---|" * cfg.n_routed_experts,
         *[f"| {layer} | " + " | ".join(f"{s:.1%}" for s in shares) + " |"
           for layer, shares in result["expert_load"].items()],
-        "", "## Samples", "",
+        "", *sparse_attention_section(model_dir, list(sweep_rows)), "## Samples", "",
         "Held-out story openings (test split), continued for 80 tokens with seed 0 at several sampling "
         "temperatures τ (`ds_core.generate`, no top-k or top-p).", "",
     ]
@@ -167,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     plot_loss(training["log"], path / "loss_curve.png")
     with torch.inference_mode():
         rows = samples(model, tok, held_out_openings(args.samples))
-    (path / "README.md").write_text(card(path, result, rows, training))
+    sweep_rows = sparse_sweep(model, tok, path, per_bucket=max(10, args.per_bucket // 2))
+    print(format_sweep(sweep_rows))
+    (path / "README.md").write_text(card(path, result, rows, training, sweep_rows))
     print(f"wrote {path / 'README.md'}")
     return 0
 
