@@ -171,6 +171,11 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
         *[f"| {k} | {v['n']} | {v['accuracy']:.1%} | {v.get('name', 0):.1%} | {v.get('object', 0):.1%} |"
           for k, v in result["recall"].items() if k != "probes"],
         "",
+        f"**Copying from context** (`ds_core.eval.induction_score`): on random token sequences shown twice, "
+        f"the next-token loss is {result['induction']['first_copy_loss']:.2f} nats on the first copy and "
+        f"{result['induction']['second_copy_loss']:.2f} on the second. A model with induction heads (attention "
+        "that finds the earlier occurrence of the current token and copies what followed) predicts the second "
+        "copy almost perfectly; long-range recall depends on that mechanism.", "",
         "**Expert load** (share of each MoE layer's routed token slots per expert, test split; "
         f"even would be {1 / cfg.n_routed_experts:.1%}):", "",
         "| layer | " + " | ".join(f"e{i}" for i in range(cfg.n_routed_experts)) + " |",

@@ -105,6 +105,23 @@ def recall_accuracy(model, tok: Tokenizer, per_bucket: int = 100, split: str = "
     return out
 
 
+@torch.inference_mode()
+def induction_score(model, n: int = 8, length: int = 100, seed: int = 0, opts: RunOptions = RunOptions()) -> dict:
+    """Can the model copy from its context? Random token sequences [n, length] are shown twice in a row; a
+    model with induction heads predicts the second copy far better than the first (which is unpredictable).
+
+    Returns the mean next-token loss on each copy (nats) and their difference: near 0 means no copying.
+    """
+    g = torch.Generator().manual_seed(seed)
+    low = 2  # skip <bos> and <eos>
+    seq = torch.randint(low, model.config.vocab_size, (n, length), generator=g)
+    ids = torch.cat([seq, seq], dim=1)
+    logits = _forward(model, ids[:, :-1], opts).float().cpu()
+    loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view(n, -1)
+    first, second = loss[:, :length - 1].mean().item(), loss[:, length:].mean().item()
+    return {"first_copy_loss": first, "second_copy_loss": second, "copy_gain": first - second}
+
+
 class ExpertLoad:
     """Counts the tokens each Router sends to each of its experts, through forward hooks.
 
@@ -151,6 +168,7 @@ def evaluate(model, tok: Tokenizer, per_bucket: int = 100, n: int = 200, opts: R
     return {"validation": perplexity(model, tok, "validation", n, opts=opts),
             "test": perplexity(model, tok, "test", n, opts=opts),
             "recall": recall_accuracy(model, tok, per_bucket, opts=opts),
+            "induction": induction_score(model, opts=opts),
             "expert_load": expert_load(model, tok, opts=opts)}
 
 
@@ -161,6 +179,9 @@ def format_report(r: dict) -> str:
         if key != "probes":
             lines.append(f"  d {key:>8}: {v['accuracy']:.1%} of {v['n']}  (names {v.get('name', 0):.1%}, "
                          f"objects {v.get('object', 0):.1%})")
+    ind = r["induction"]
+    lines.append(f"copying a repeated random sequence: loss {ind['first_copy_loss']:.2f} on the first copy, "
+                 f"{ind['second_copy_loss']:.2f} on the second")
     lines.append("expert load (share of routed slots, min-max per layer):")
     for layer, shares in r["expert_load"].items():
         lines.append(f"  {layer}: {min(shares):.1%} - {max(shares):.1%}")

@@ -21,3 +21,30 @@ def test_bad_attention_options_exit_2_with_the_reason(argv, message, capsys):
 def test_dsa_without_a_trained_indexer_says_how_to_train_one(tmp_path, capsys):
     assert evaluation.main(["--model", str(tmp_path), "--dsa-top-k", "8"]) == 2
     assert f"python -m ds_core.train_indexer --model {tmp_path}" in capsys.readouterr().err
+
+
+def test_induction_score_sees_a_model_that_copies():
+    """A stand-in 'model' whose logits put all mass on the token seen `length` positions back copies perfectly
+    on the second copy; the score must say so (and say no gain for one that never copies)."""
+    import torch
+
+    class Copier:
+        config = type("C", (), {"vocab_size": 50})()
+
+        def __init__(self, copies: bool):
+            self.copies = copies
+
+        def __call__(self, ids, backend=None, mla=None):
+            logits = torch.zeros(*ids.shape, 50)
+            if self.copies:
+                # position t predicts token t+1, which is token t+1-length (= t-99) of the first copy
+                logits[:, 99:, :] = -30.0
+                logits[:, 99:].scatter_(-1, ids[:, :ids.shape[1] - 99, None], 30.0)
+            return logits
+
+        device = torch.device("cpu")
+
+    good = evaluation.induction_score(Copier(True), n=2, length=100)
+    none = evaluation.induction_score(Copier(False), n=2, length=100)
+    assert good["second_copy_loss"] < 0.01 and good["copy_gain"] > 3
+    assert abs(none["copy_gain"]) < 1e-6
