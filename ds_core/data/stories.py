@@ -253,6 +253,35 @@ def ending(rng: random.Random, s: Setting) -> str:
     ])
 
 
+def listing(rng: random.Random) -> str:
+    """A list of 5 to 10 things in no particular order: "kite, plums, goose and lantern"."""
+    pools = [W.OBJECTS, W.FOODS, W.ANIMALS, W.FLOWERS, W.WORK_THINGS]
+    items = []
+    n = rng.randint(5, 10)
+    while len(items) < n:
+        word = rng.choice(rng.choice(pools))
+        if word not in items:
+            items.append(word)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+LIST_TELLINGS = (  # (told early, retold later) pairs: the same list, word for word
+    ("On the board by the {place} someone had written: {what}.", "Later the board by the {place} still said: {what}."),
+    ("The children made up a song about {what}.", "Again the children sang about {what}."),
+    ("In the cellar there were {what}.", "Nobody had touched the cellar, so there were still {what}."),
+    ("The old map showed {what}.", "Looking at the map once more, everyone saw {what}."),
+    ("The market sold {what} that {time}.", "At the end of the {time} the market still had {what}."),
+)
+
+
+def list_telling(rng: random.Random, s: Setting) -> tuple[str, str]:
+    """A list told early in the story and the sentence that retells it later, word for word: the story's
+    plainest test of copying from context."""
+    what = listing(rng)
+    told, retold = rng.choice(LIST_TELLINGS)
+    return (told.format(place=s.place, what=what, time=s.time), retold.format(place=s.place, what=what, time=s.time))
+
+
 # ---- stories -----------------------------------------------------------------------------------------
 
 @dataclass
@@ -307,7 +336,8 @@ def story(seed: int, words: int | None = None) -> str:
     """One story, the same for the same seed: about `words` words (default: drawn from 80 to 400).
 
     The story runs in scenes; each scene follows one or two of the characters, so a character can drop out
-    for a long stretch and come back with a name or object recall.
+    for a long stretch and come back with a name or object recall. Most stories also tell a list of things
+    early and repeat it word for word later.
     """
     rng = random.Random(seed)
     b = new_story(rng, rng.choice([2, 3, 3, 4]))
@@ -315,7 +345,14 @@ def story(seed: int, words: int | None = None) -> str:
     b.introduce(b.cast[0])
     if rng.random() < 0.7:
         b.introduce(b.cast[1])
+    retold = None
+    if rng.random() < 0.6:
+        told, retold = list_telling(rng, b.setting)
+        b.add(told)
     while sum(len(x.split()) for x in b.sentences) < budget:
+        if retold and rng.random() < 0.3:
+            b.add(retold)
+            retold = None
         pending = [c for c in b.cast if c not in b.introduced]
         if pending and rng.random() < 0.25:
             b.introduce(pending[0])
@@ -323,6 +360,8 @@ def story(seed: int, words: int | None = None) -> str:
         scene = rng.sample(known, min(len(known), rng.choice([1, 1, 2])))
         for _ in range(rng.randint(2, 6)):
             b.event(scene)
+    if retold:
+        b.add(retold)
     if rng.random() < 0.8:
         b.add(rng.choice([name_recall(rng, b.setting, c) for c in b.introduced]
                          + [object_recall(rng, c) for c in b.introduced]))
