@@ -95,7 +95,7 @@ def sharpness(model, tok: Tokenizer, prompt: str, layer: int, head: int,
     scores = attention_row(1.0, "scores")  # scale·q·k, -inf where the query may not look
     rows = []
     for tau in taus:
-        entropy, max_prob = _row_stats((scores / tau).softmax(-1))
+        entropy, max_prob = _row_stats(tempered(scores, tau))
         rerun_entropy, rerun_max_prob = _row_stats(attention_row(tau, "probs")) if rerun else (None, None)
         rows.append({"tau": tau, "entropy": entropy, "max_prob": max_prob, "rerun_entropy": rerun_entropy,
                      "rerun_max_prob": rerun_max_prob,
@@ -103,7 +103,19 @@ def sharpness(model, tok: Tokenizer, prompt: str, layer: int, head: int,
     return rows
 
 
+def tempered(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """scores [..., S] (scale·q·k, -inf where masked) -> softmax(scores / τ_attn) [..., S]: the row at τ_attn."""
+    return (scores.float() / check_temperature(tau)).softmax(-1)
+
+
 # ---- divergence from dense -------------------------------------------------------------------------------
+def next_token_divergence(ref_logits: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ref_logits, logits [..., V] -> (KL(ref ‖ other) in nats [...], whether the argmax token differs [...])."""
+    log_p, log_q = ref_logits.float().log_softmax(-1), logits.float().log_softmax(-1)
+    kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)  # Σ p·(log p - log q)
+    return kl, log_p.argmax(-1) != log_q.argmax(-1)
+
+
 def _check_run_args(n: int, seq_len: int | None, batch_size: int) -> None:
     check_int("n (story windows)", n, 1)
     if seq_len is not None:
@@ -128,10 +140,9 @@ def divergence(model, tok: Tokenizer, backend, n: int = 40, seq_len: int | None 
     kl_sum = torch.zeros(ids.shape[1] - 1)  # [L], summed over windows
     changed = 0
     for (_, ref_logits), (_, logits) in zip(*runs):
-        log_p, log_q = ref_logits.log_softmax(-1), logits.log_softmax(-1)  # [b, L, V]
-        kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)  # [b, L]: Σ p·(log p - log q)
+        kl, differs = next_token_divergence(ref_logits, logits)  # [b, L] each
         kl_sum += kl.sum(0).cpu()
-        changed += int((log_p.argmax(-1) != log_q.argmax(-1)).sum())
+        changed += int(differs.sum())
     positions = ids.shape[0] * kl_sum.numel()
     return {"kl": float(kl_sum.sum()) / positions, "greedy_changed": changed / positions,
             "kl_by_position": (kl_sum / ids.shape[0]).tolist(), "positions": positions}

@@ -29,11 +29,10 @@ import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-import torch.nn.functional as F
 
 from ..attention import DenseAttention, DSAAttention, WindowAttention, check_temperature
 from ..attention.dsa import CONFIG_FILE, TRAIN_COMMAND, WEIGHTS_FILE
-from ..attention_lab import fraction_computed
+from ..attention_lab import fraction_computed, next_token_divergence
 from ..generate import generate
 from ..tokenizer import Tokenizer
 from ..viz import heatmap_figure, token_label
@@ -78,15 +77,6 @@ def make_backend(path: Path, context: int, scheme, window, sinks, global_positio
 
 
 # ---- measuring ----------------------------------------------------------------------------------------------
-def next_token_divergence(ref_logits: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
-    """ref_logits, logits [T, V] of one prompt -> (KL(ref ‖ scheme) in nats averaged over the T positions,
-    share of positions whose argmax (greedy) next token differs)."""
-    log_p, log_q = ref_logits.float().log_softmax(-1), logits.float().log_softmax(-1)
-    kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)  # [T]: Σ p·(log p - log q)
-    changed = (log_p.argmax(-1) != log_q.argmax(-1)).float()
-    return float(kl.mean()), float(changed.mean())
-
-
 def scheme_mask(backend, tr, layer: int, T: int) -> torch.Tensor:
     """Bool [T, T]: may query t of the prompt read key s in `layer`? DSA: the keys its indexer picked (traced as
     dsa_selected; absent when top-k >= T and it ran dense); otherwise the backend's rule at positions 0..T-1."""
@@ -111,7 +101,8 @@ def analyse(model, ids: torch.Tensor, backend, layer: int, head: int) -> dict:
     with model.trace() as tr:
         model(ids, backend=backend)
     probs = tr[f"layers.{layer}.attn.probs"]  # [1, H, T, T]
-    kl, changed = next_token_divergence(dense_logits, logits)
+    kl, differs = next_token_divergence(dense_logits, logits)
+    kl, changed = float(kl.mean()), float(differs.float().mean())
     return dict(mask=scheme_mask(backend, tr, layer, T), probs=probs[0, head].float().cpu(), heads=probs.shape[1],
                 fraction=fraction_computed(backend, T), kl=kl, greedy_changed=changed, note=note)
 

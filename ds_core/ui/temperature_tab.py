@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import torch
 
 from ..attention import DenseAttention, check_temperature
-from ..attention_lab import sharpness
+from ..attention_lab import sharpness, tempered
 from ..generate import SamplingParams, generate, next_token_probs
 from ..tokenizer import Tokenizer
 from ..viz import grouped_bars_figure, lines_figure, token_label
@@ -74,7 +74,7 @@ def score_row(model, ids: torch.Tensor, layer: int, head: int, position: int) ->
 
 def sharpness_figure(scores: torch.Tensor, taus: list[float], labels: list[str], where: str) -> go.Figure:
     """scores [S] of one query -> one line per τ of softmax(scores / τ) over the S key tokens."""
-    rows = {f"τ_attn = {t:g}": (scores / t).softmax(-1).tolist() for t in taus}
+    rows = {f"τ_attn = {t:g}": tempered(scores, t).tolist() for t in taus}
     return lines_figure(labels, rows, f"{where}: one attention row at each τ_attn  [{len(labels)} keys]",
                         "key token", "probability")
 
