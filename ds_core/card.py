@@ -28,6 +28,7 @@ from .tokenizer import Tokenizer
 
 SAMPLE_TEMPERATURES = (0.0, 0.7, 1.0, 1.5)
 FINAL_WINDOW = 100  # training steps averaged for the final training loss
+SAMPLE_TOKENS = 80  # new tokens per sample
 
 
 def final_train_loss(log: list[dict]) -> float:
@@ -66,7 +67,7 @@ def held_out_openings(n: int) -> list[str]:
     return [". ".join(stories.story(stories.SPLIT_SEEDS["test"] + i).split(". ")[:3]) + "." for i in range(n)]
 
 
-def samples(model, tok: Tokenizer, openings: list[str], max_new_tokens: int = 80) -> list[dict]:
+def samples(model, tok: Tokenizer, openings: list[str], max_new_tokens: int = SAMPLE_TOKENS) -> list[dict]:
     out = []
     for prompt in openings:
         for t in SAMPLE_TEMPERATURES:
@@ -76,7 +77,7 @@ def samples(model, tok: Tokenizer, openings: list[str], max_new_tokens: int = 80
     return out
 
 
-def sparse_attention_section(model_dir: Path, sweep_rows: list[dict]) -> list[str]:
+def sparse_attention_section(model_dir: Path, sweep_rows: list[dict], context: int) -> list[str]:
     """The DSA indexer's warm-up results (from indexer_config.json, written by python -m ds_core.train_indexer)
     and perplexity / recall under sparse attention (ds_core.attention_lab.sweep, measured now)."""
     if not sweep_rows:
@@ -85,7 +86,7 @@ def sparse_attention_section(model_dir: Path, sweep_rows: list[dict]) -> list[st
              "`python -m ds_core.card` measures these with `ds_core.attention_lab.sweep` (test split; "
              f"{next(iter(sweep_rows[0]['recall_n'].values()))} recall probes per distance bucket). `python -m ds_core.eval --window W "
              "--sinks G` or `--dsa-top-k K` measures one scheme on the full evaluation.", "",
-             "| attention | scores computed (T = 512) | perplexity | "
+             f"| attention | scores computed (T = {context}) | perplexity | "
              + " | ".join(f"recall d {k}" for k in sweep_rows[0]["recall"]) + " |",
              "|---|---|---|" + "---|" * len(sweep_rows[0]["recall"])]
     for row in sweep_rows:
@@ -182,8 +183,8 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
         "|---|" + "---|" * cfg.n_routed_experts,
         *[f"| {layer} | " + " | ".join(f"{s:.1%}" for s in shares) + " |"
           for layer, shares in result["expert_load"].items()],
-        "", *sparse_attention_section(model_dir, list(sweep_rows)), "## Samples", "",
-        "Held-out story openings (test split), continued for 80 tokens with seed 0 at several sampling "
+        "", *sparse_attention_section(model_dir, list(sweep_rows), cfg.max_position_embeddings), "## Samples", "",
+        f"Held-out story openings (test split), continued for {SAMPLE_TOKENS} tokens with seed 0 at several sampling "
         "temperatures τ (`ds_core.generate`, no top-k or top-p).", "",
     ]
     for row in sample_rows:

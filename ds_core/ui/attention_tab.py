@@ -34,7 +34,6 @@ from ..attention import DenseAttention, DSAAttention, WindowAttention, check_tem
 from ..attention.dsa import CONFIG_FILE, TRAIN_COMMAND, WEIGHTS_FILE
 from ..attention_lab import fraction_computed, next_token_divergence
 from ..generate import generate
-from ..tokenizer import Tokenizer
 from ..viz import heatmap_figure, token_label
 from . import AppContext
 from .generate_tab import SEED_MAX

@@ -4,11 +4,14 @@ and bad input turned into a message (gr.Error) instead of a stack trace."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from ..tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from . import AppContext
 
 
 def whole(value: Any) -> Any:
