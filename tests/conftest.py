@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
+
+# Two xdist workers (and the notebook kernels they start, which inherit this) share 2 cores: OpenMP threads
+# that spin while waiting starve each other's work, measured 5-10x slower. Set before torch starts OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 import torch
