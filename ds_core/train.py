@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .data import bpe, stories
-from .eval import ExpertLoad
+from .eval import ExpertLoad, induction_score
 from .model import DeepSeekModel
 
 
@@ -46,14 +46,14 @@ class TrainConfig:
     vocab_size: int = 4096
     seq_len: int = 512
     batch_size: int = 12
-    steps: int = 1800
+    steps: int = 3600
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     bias_update_speed: float = 1e-3      # γ of the auxiliary-loss-free balancing
-    eval_every: int = 200
+    eval_every: int = 100
     save_every: int = 50
     stop_after: int = 0                  # stop (checkpointed) after this many steps in this run; 0: run to the end
     threads: int = 0                     # torch threads (0: torch's default)
@@ -162,6 +162,16 @@ def validation_loss(model: DeepSeekModel, data: dict, cfg: TrainConfig, n: int =
     return loss
 
 
+@torch.no_grad()
+def copy_gain(model: DeepSeekModel) -> float:
+    """Nats the model saves on the second showing of a random sequence (eval.induction_score): it jumps from
+    about 0 once induction heads form, the skill every recall cue needs."""
+    model.eval()
+    gain = induction_score(model, n=8, length=100)["copy_gain"]
+    model.train()
+    return gain
+
+
 def optimizer(model: DeepSeekModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on norms and embeddings."""
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
@@ -216,10 +226,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                  "max_load": round(max((l.max() / l.sum()).item() for l in loads), 4)}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             entry["val_loss"] = round(validation_loss(model, data, cfg), 4)
+            entry["copy_gain"] = round(copy_gain(model), 3)
             load.reset()  # validation's routing must not steer the balancing (and a resumed run never sees it)
         log.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{speed:,.0f}",
-                        **({"val": f"{entry['val_loss']:.3f}"} if "val_loss" in entry else {}))
+                        **({"val": f"{entry['val_loss']:.3f}", "copy": f"{entry['copy_gain']:.2f}"}
+                           if "val_loss" in entry else {}))
         bar.update(1)
         if step % cfg.save_every == 0 or step == last:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,

@@ -13,12 +13,17 @@ an induction head does).
 
 `recall.py` cuts stories at exactly those points to measure recall by distance. Everything else (scenery,
 errands, weather, conversation) is drawn from many templates and word lists, so the text is varied.
+
+Most stories also carry a chant: a string of words drawn at random ("plum softly river goose ..."), said once
+and repeated word for word later, sometimes several times. Nothing but the earlier telling predicts its words,
+so it pays a model to learn to copy from context early in training; the recall cues above need the same skill.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import words as W
 
@@ -282,6 +287,43 @@ def list_telling(rng: random.Random, s: Setting) -> tuple[str, str]:
     return (told.format(place=s.place, what=what, time=s.time), retold.format(place=s.place, what=what, time=s.time))
 
 
+# Single words from every list except names, so a chant never looks like a name or object reference.
+CHANT_WORDS = tuple(sorted({w for pool in (W.OBJECTS, W.FOODS, W.ANIMALS, W.FLOWERS, W.WORK_THINGS, W.PLACES,
+                                           W.TREES, W.SCENERY_NOUNS, W.SCENERY_ADJECTIVES, W.FEELINGS,
+                                           W.ADVERBS, W.VERBS_PAST, W.CLOTHES, W.FURNITURE, W.SOUNDS)
+                            for w in pool if " " not in w}))
+
+CHANT_TELLINGS = (
+    "{name} made up a secret password: {what}.",
+    "On the old gate someone had carved the magic words: {what}.",
+    "{name} learned a strange rhyme: {what}.",
+    "The note under the {thing} said: {what}.",
+    "{name} sang a silly song that went: {what}.",
+)
+CHANT_RETELLINGS = (
+    "{name} said the words again: {what}.",
+    "Once more {name} repeated: {what}.",
+    "Nobody forgot the words: {what}.",
+    "Again {name} read out: {what}.",
+    "{name} still remembered it: {what}.",
+)
+
+
+def chant(rng: random.Random) -> str:
+    """6 to 16 words drawn at random: meaningless, so only an earlier telling can predict them."""
+    return " ".join(rng.choice(CHANT_WORDS) for _ in range(rng.randint(6, 16)))
+
+
+def chant_telling(rng: random.Random, b: "StoryBuilder") -> tuple[str, Callable[[], str]]:
+    """A chant's first telling, and a function giving a retelling (a new sentence around the same words)."""
+    what = chant(rng)
+
+    def sentence(templates: tuple[str, ...]) -> str:
+        return cap(rng.choice(templates).format(name=rng.choice(b.introduced).name, what=what,
+                                                thing=rng.choice(W.FURNITURE)))
+    return sentence(CHANT_TELLINGS), lambda: sentence(CHANT_RETELLINGS)
+
+
 # ---- stories -----------------------------------------------------------------------------------------
 
 @dataclass
@@ -337,7 +379,7 @@ def story(seed: int, words: int | None = None) -> str:
 
     The story runs in scenes; each scene follows one or two of the characters, so a character can drop out
     for a long stretch and come back with a name or object recall. Most stories also tell a list of things
-    early and repeat it word for word later.
+    early and repeat it word for word later, and carry a chant repeated up to three times.
     """
     rng = random.Random(seed)
     b = new_story(rng, rng.choice([2, 3, 3, 4]))
@@ -349,10 +391,18 @@ def story(seed: int, words: int | None = None) -> str:
     if rng.random() < 0.6:
         told, retold = list_telling(rng, b.setting)
         b.add(told)
+    chant_retold, chant_left = None, 0
+    if rng.random() < 0.85:
+        told, chant_retold = chant_telling(rng, b)
+        b.add(told)
+        chant_left = rng.randint(1, 3)
     while sum(len(x.split()) for x in b.sentences) < budget:
         if retold and rng.random() < 0.3:
             b.add(retold)
             retold = None
+        if chant_left and rng.random() < 0.3:
+            b.add(chant_retold())
+            chant_left -= 1
         pending = [c for c in b.cast if c not in b.introduced]
         if pending and rng.random() < 0.25:
             b.introduce(pending[0])
@@ -362,6 +412,8 @@ def story(seed: int, words: int | None = None) -> str:
             b.event(scene)
     if retold:
         b.add(retold)
+    if chant_left:
+        b.add(chant_retold())
     if rng.random() < 0.8:
         b.add(rng.choice([name_recall(rng, b.setting, c) for c in b.introduced]
                          + [object_recall(rng, c) for c in b.introduced]))
