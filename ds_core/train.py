@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .data import bpe, stories
 from .eval import ExpertLoad, induction_score
+from .induction_guide import InductionGuide
 from .model import DeepSeekModel
 
 
@@ -46,13 +47,14 @@ class TrainConfig:
     vocab_size: int = 4096
     seq_len: int = 512
     batch_size: int = 12
-    steps: int = 3600
+    steps: int = 3000
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     bias_update_speed: float = 1e-3      # γ of the auxiliary-loss-free balancing
+    guide_weight: float = 0.2            # weight of the induction guide loss on GUIDED_HEADS (0: off)
     eval_every: int = 100
     save_every: int = 50
     stop_after: int = 0                  # stop (checkpointed) after this many steps in this run; 0: run to the end
@@ -73,6 +75,10 @@ def model_config(vocab_size: int, seq_len: int) -> ModelConfig:
         rope_theta=10000.0, bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=False,
         initializer_range=0.02,
     )
+
+
+# (layer, head) pairs the induction guide trains to attend to copy targets (ds_core.induction_guide)
+GUIDED_HEADS = ((2, 0), (3, 0))
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -195,6 +201,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     model = DeepSeekModel(model_config(cfg.vocab_size, cfg.seq_len)).init_weights(cfg.seed).to(device).train()
     opt = optimizer(model, cfg)
     load = ExpertLoad(model)
+    guide = InductionGuide(model, GUIDED_HEADS) if cfg.guide_weight else None
     state_file = work / "state.pt"
     log: list[dict] = []
     step = 0
@@ -214,15 +221,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        loss = lm_loss(model, batch(data, cfg, step).to(device), cfg.bf16)
+        ids = batch(data, cfg, step).to(device)
+        loss = lm_loss(model, ids, cfg.bf16)
+        guide_loss = guide.loss(ids[:, :-1]) if guide else torch.zeros(())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + cfg.guide_weight * guide_loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         loads = update_balancing_bias(load, cfg.bias_update_speed)
         step += 1
         speed = tokens_per_step / (time.perf_counter() - t0)
-        entry = {"step": step, "loss": round(loss.item(), 4), "lr": lr_at(cfg, step - 1), "tokens_per_s": round(speed),
+        entry = {"step": step, "loss": round(loss.item(), 4), "guide_loss": round(guide_loss.item(), 4), "lr": lr_at(cfg, step - 1), "tokens_per_s": round(speed),
                  "max_load": round(max((l.max() / l.sum()).item() for l in loads), 4)}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             entry["val_loss"] = round(validation_loss(model, data, cfg), 4)
@@ -238,6 +247,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                         "log": json.dumps(log)}, work / "state.tmp")
             (work / "state.tmp").replace(state_file)  # a crash mid-write never leaves a broken checkpoint
     bar.close()
+    if guide:
+        guide.remove()
     if step < cfg.steps:
         print(f"stopped at step {step} of {cfg.steps}; continue with --resume", file=sys.stderr)
         return work
