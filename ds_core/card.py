@@ -25,6 +25,7 @@ from .generate import generate
 from .inspect import architecture_rows, human_count, param_summary
 from .model import DeepSeekModel
 from .tokenizer import Tokenizer
+from .train import GUIDED_HEADS
 
 SAMPLE_TEMPERATURES = (0.0, 0.7, 1.0, 1.5)
 FINAL_WINDOW = 100  # training steps averaged for the final training loss
@@ -147,7 +148,8 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
         f"- **Corpus** (`ds_core/data/stories.py`): seeded English short stories with named characters, their "
         "belongings, places and dialogue; a character's name and object are introduced early and referred "
         "back to later, sometimes hundreds of tokens later. Splits by seed: train, validation and test never "
-        f"share a story. Training used {tc['train_stories']:,} stories.",
+        f"share a story. Training used {tc['train_stories']:,} stories. Most stories also carry a chant of "
+        "words drawn at random, told once and repeated word for word later: only copying predicts it.",
         f"- **Tokenizer** (`ds_core/data/bpe.py`): byte-level BPE with {cfg.vocab_size:,} tokens, trained with "
         "the `tokenizers` library on the training split; `<bos>` = 0, `<eos>` = 1.",
         f"- **Recipe** (`ds_core/train.py`): {tc['steps']:,} steps of {tc['batch_size']} windows × "
@@ -158,6 +160,13 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
         f"- **Balancing:** DeepSeek-V3's auxiliary-loss-free method: after each step every router's "
         f"`e_score_correction_bias` moves by γ = {tc['bias_update_speed']:g} towards its under-loaded experts; "
         "no balance loss.",
+        *([f"- **Induction guide** (`ds_core/induction_guide.py`): an auxiliary loss, weight "
+           f"{tc['guide_weight']:g}, trains attention heads {', '.join(f'{l}.{h}' for l, h in GUIDED_HEADS)} "
+           "(layer.head) to look at the token after an earlier occurrence of the last two tokens, the pattern of "
+           "an induction head. Without it the model showed no copying within the CPU budget (such heads appear "
+           "suddenly, after a loss plateau that is long for small batches); the guide shapes where those heads "
+           "look, and the language-modelling loss alone decides what the model does with it. The "
+           "architecture is unchanged."] if tc.get("guide_weight") else []),
         f"- **Time:** {seconds / 60:.0f} minutes of training steps on the machine that trained it.", "",
         "![loss curve](loss_curve.png)", "",
         "## Evaluation", "",
