@@ -22,8 +22,8 @@ CHECKPOINT_CONTENTS = ("a checkpoint is a directory with config.json and model.s
 
 def tabs():
     """The tab modules, in the order they appear."""
-    from ds_core.ui import attention_tab, generate_tab, model_tab, qkv_tab, temperature_tab
-    return (generate_tab, qkv_tab, attention_tab, temperature_tab, model_tab)
+    from ds_core.ui import attention_tab, generate_tab, mla_tab, model_tab, moe_tab, qkv_tab, temperature_tab
+    return (generate_tab, qkv_tab, attention_tab, temperature_tab, mla_tab, moe_tab, model_tab)
 
 
 def build_app(model_path: str | Path, model=None):

@@ -3,6 +3,7 @@
     python -m ds_core generate "Once upon a time" --model assets/ds-tiny --temperature 0.8 --top-k 50
     python -m ds_core inspect assets/ds-tiny --dtype bf16
     python -m ds_core bench --help
+    python -m ds_core bench mla --help      # naive vs absorbed MLA decode by context (ds_core.perf.mla_bench)
 
 Bad input (a wrong sampling setting, a path that is no checkpoint) prints one line `error: ...` and exits 2.
 Set DS_CORE_TRACEBACK=1 to see the traceback instead.
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the KV cache for the byte counts (default bf16)")
     i.set_defaults(func=cmd_inspect)
 
-    b = sub.add_parser("bench", help="decode benchmark (ds_core.perf.decode_bench); arguments pass through",
+    b = sub.add_parser("bench", help="decode benchmark (ds_core.perf.decode_bench; `bench mla`: "
+                       "ds_core.perf.mla_bench); arguments pass through",
                        add_help=False)
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
@@ -106,11 +108,15 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    mla = args.args[:1] == ["mla"]  # `bench mla ...`: naive vs absorbed MLA; anything else: ds_core vs transformers
     try:
-        from .perf import decode_bench
+        if mla:
+            from .perf import mla_bench as bench
+        else:
+            from .perf import decode_bench as bench
     except ImportError as e:
         raise BadInput(f"the decode benchmark is not available in this build ({e})") from None
-    rc = decode_bench.main(args.args)
+    rc = bench.main(args.args[1:] if mla else args.args)
     return rc if isinstance(rc, int) else 0
 
 

@@ -29,7 +29,9 @@ E routed experts, k experts per token, V vocab; d_qk = qk_nope_head_dim + qk_rop
     layers.{i}.attn.output        [B, T, D]       after o_proj
     layers.{i}.mlp.output         [B, T, D]       dense MLP or MoE output (routed + shared)
     layers.{i}.moe.scores         [B, T, E]       router affinities (sigmoid for V3, softmax for V2)
+    layers.{i}.moe.biased_scores  [B, T, E]       scores + e_score_correction_bias: what the choice ranks (V3 only)
     layers.{i}.moe.group_scores   [B, T, n_group] score of each expert group (group-limited routing only)
+    layers.{i}.moe.kept_groups    [B, T, topk_group]  the groups the choice was limited to (same condition)
     layers.{i}.moe.experts        [B, T, k]       chosen routed experts
     layers.{i}.moe.weights        [B, T, k]       their gate weights (after normalisation and scaling)
     layers.{i}.moe.shared_output  [B, T, D]       the shared experts' contribution

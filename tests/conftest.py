@@ -97,3 +97,12 @@ def reference_checkpoints(tmp_path_factory):
 def tiny_checkpoint(reference_checkpoints) -> Path:
     """One small V3 checkpoint directory (with tokenizer) for tests that need any model."""
     return reference_checkpoints["v3_groups"][0]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_checkpoint):
+    """The app served on the tiny checkpoint, through gradio_client (one server per test module)."""
+    from tab_helpers import served
+
+    with served(tiny_checkpoint) as c:
+        yield c

@@ -194,3 +194,36 @@ def test_attention_lab_tab_draws_its_plots(page, tmp_path, tab, buttons, plots):
         for plot in plots:  # a drawn plotly figure, not the empty placeholder
             sync_api.expect(page.locator(f"{plot} :is({PLOT_DRAWN})").first).to_be_visible()
         assert not page.errors, page.errors
+
+
+def test_mla_tab_draws_the_cache_and_the_decode_speed(page, tmp_path):
+    plots = ["#mla-latent", "#mla-k", "#mla-v", "#mla-bytes", "#mla-context"]
+    with _step(page, tmp_path, f"the MLA & KV cache tab opens and pressing #mla-button draws {', '.join(plots)}"):
+        page.get_by_role("tab", name="MLA & KV cache").click()
+        page.click("#mla-button")
+        sync_api.expect(page.locator("#mla-summary")).to_contain_text("tokens")
+        for plot in plots:
+            sync_api.expect(page.locator(f"{plot} :is({PLOT_DRAWN})").first).to_be_visible()
+    with _step(page, tmp_path, "pressing #mla-speed-button with short contexts draws #mla-speed-plot"):
+        page.locator("#mla-contexts textarea, #mla-contexts input").first.fill("32, 64")
+        page.click("#mla-speed-button")
+        sync_api.expect(page.locator(f"#mla-speed-plot :is({PLOT_DRAWN})").first).to_be_visible()
+        assert not page.errors, page.errors
+
+
+def test_moe_tab_draws_the_routing_and_the_interventions(page, tmp_path):
+    plots = ["#moe-heatmap", "#moe-steps-plot", "#moe-load", "#moe-norms"]
+    with _step(page, tmp_path, f"the MoE routing tab opens and pressing #moe-button draws {', '.join(plots)}"):
+        page.get_by_role("tab", name="MoE routing").click()
+        page.click("#moe-button")
+        sync_api.expect(page.locator("#moe-summary")).to_contain_text("tokens")
+        sync_api.expect(page.locator("#moe-steps")).to_contain_text("top-")
+        for plot in plots:
+            sync_api.expect(page.locator(f"{plot} :is({PLOT_DRAWN})").first).to_be_visible()
+    with _step(page, tmp_path, "pressing #moe-measure-button with 2 windows and 1 probe draws #moe-iv-plot"):
+        page.locator("#moe-stories input").first.fill("2")
+        page.locator("#moe-probes input").first.fill("1")
+        page.click("#moe-measure-button")
+        sync_api.expect(page.locator(f"#moe-iv-plot :is({PLOT_DRAWN})").first).to_be_visible()
+        sync_api.expect(page.locator("#moe-iv-summary")).to_contain_text("2 story windows")
+        assert not page.errors, page.errors

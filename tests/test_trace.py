@@ -43,7 +43,9 @@ def expected_names(cfg) -> set[str]:
                 continue
             if name.endswith("q_latent") and not cfg.q_lora_rank:
                 continue
-            if name.endswith("group_scores") and not cfg.uses_groups:
+            if name.endswith(("group_scores", "kept_groups")) and not cfg.uses_groups:
+                continue
+            if name.endswith("biased_scores") and cfg.scoring_func != "sigmoid":  # no correction bias
                 continue
             if name.endswith("shared_output") and not cfg.n_shared_experts:
                 continue
@@ -163,11 +165,14 @@ def test_residual_stream_and_moe(models, name):
         # the choice: top-k of the (biased) scores among the experts of the kept groups
         bias = layer.mlp.gate.e_score_correction_bias
         choice = scores + bias if bias is not None else scores.clone()
+        if bias is not None:
+            torch.testing.assert_close(tr[f"{p}.moe.biased_scores"], choice, **TOL)
         if cfg.uses_groups:
             grouped = choice.view(*choice.shape[:2], cfg.n_group, -1)
             group_scores = tr[f"{p}.moe.group_scores"]
             torch.testing.assert_close(group_scores, grouped.topk(2, dim=-1).values.sum(-1), **TOL)
             kept = group_scores.topk(cfg.topk_group, dim=-1).indices
+            assert torch.equal(tr[f"{p}.moe.kept_groups"].sort(-1).values, kept.sort(-1).values)
             per_group = cfg.n_routed_experts // cfg.n_group
             assert ((experts // per_group)[..., :, None] == kept[..., None, :]).any(-1).all()  # in kept groups
             allowed = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(-1, kept, True)

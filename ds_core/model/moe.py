@@ -37,11 +37,13 @@ class MLP(nn.Module):
 
 @dataclass
 class Routing:
-    """One routing decision for N tokens."""
+    """One routing decision for N tokens, with the intermediate steps that led to it."""
     scores: torch.Tensor        # [N, E] affinities, fp32
     group_scores: torch.Tensor | None  # [N, n_group] (group-limited routing only)
     experts: torch.Tensor       # [N, k] chosen expert ids
     weights: torch.Tensor       # [N, k] gate weights, fp32
+    biased_scores: torch.Tensor | None = None  # [N, E] scores + correction bias: what the choice ranks (V3 only)
+    kept_groups: torch.Tensor | None = None    # [N, topk_group] the groups the choice was limited to
 
 
 class Router(nn.Module):
@@ -59,8 +61,9 @@ class Router(nn.Module):
         cfg = self.cfg
         logits = F.linear(x.float(), self.weight.float())
         scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
-        choice = scores if self.e_score_correction_bias is None else scores + self.e_score_correction_bias
-        group_scores = None
+        biased = None if self.e_score_correction_bias is None else scores + self.e_score_correction_bias
+        choice = scores if biased is None else biased
+        group_scores = kept = None
         if cfg.uses_groups:
             grouped = choice.view(x.shape[0], cfg.n_group, -1)
             if cfg.topk_method == "noaux_tc":
@@ -74,7 +77,7 @@ class Router(nn.Module):
         weights = scores.gather(1, experts)
         if cfg.norm_topk_prob:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-        return Routing(scores, group_scores, experts, weights * cfg.routed_scaling_factor)
+        return Routing(scores, group_scores, experts, weights * cfg.routed_scaling_factor, biased, kept)
 
 
 class MoE(nn.Module):
@@ -101,7 +104,7 @@ class MoE(nn.Module):
         r = self.gate(flat)
         routed = self.run_experts(flat, r).view(B, T, D)
         if trace.active() is not None:
-            for key in ("scores", "group_scores", "experts", "weights"):
+            for key in ("scores", "biased_scores", "group_scores", "kept_groups", "experts", "weights"):
                 if getattr(r, key) is not None:
                     trace.record(f"{self.name}.{key}", getattr(r, key).view(B, T, -1))
             trace.record(f"{self.name}.routed_output", routed)

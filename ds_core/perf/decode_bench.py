@@ -296,7 +296,8 @@ def _hf_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ds_core bench", description=(
         "Decode tokens/s at batch 1 on CPU: ds_core against transformers' generate on the same checkpoint, "
-        "in one run; prints both (ds_core eager and with its compiled decode step), ms/token and their ratios."))
+        "in one run; prints both (ds_core eager and with its compiled decode step), ms/token and their ratios."),
+        epilog="python -m ds_core bench mla --help: naive vs absorbed MLA decoding as the context grows.")
     p.add_argument("--model", metavar="PATH", help="Hugging Face DeepSeek-V2/V3 checkpoint directory (default: a "
                    "random-weight DeepSeek-V3 checkpoint of the shipped model's shape, built for the run)")
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (default 32)")

@@ -21,31 +21,36 @@ def _check(labels: list[str], series: dict[str, list[float]]) -> list[int]:
     return list(range(len(labels)))
 
 
-def _layout(fig: go.Figure, labels: list[str], title: str, x_title: str, y_title: str, height: int) -> go.Figure:
+def _layout(fig: go.Figure, labels: list[str], title: str, x_title: str, y_title: str, height: int,
+            log_y: bool = False) -> go.Figure:
+    # a log axis has no zero; it is for values spanning orders of magnitude (bytes of a tiny and a 671B model)
+    y_scale = dict(type="log") if log_y else dict(rangemode="tozero")
     fig.update_layout(
         title=title, title_font_size=14, title_x=0.02, height=height, margin=dict(t=70, b=60, l=60, r=20),
         xaxis=dict(title=x_title, tickmode="array", tickvals=list(range(len(labels))), ticktext=list(labels)),
-        yaxis=dict(title=y_title, rangemode="tozero"), legend=dict(orientation="h", y=1.02, yanchor="bottom"),
+        yaxis=dict(title=y_title, **y_scale), legend=dict(orientation="h", y=1.02, yanchor="bottom"),
     )
     return fig
 
 
 def lines_figure(labels: list[str], series: dict[str, list[float]], title: str, x_title: str, y_title: str,
-                 height: int = 420) -> go.Figure:
-    """One line with markers per series (name -> values [len(labels)]) over the labelled x axis."""
+                 height: int = 420, log_y: bool = False) -> go.Figure:
+    """One line with markers per series (name -> values [len(labels)]) over the labelled x axis (log_y: a
+    logarithmic y axis)."""
     x = _check(labels, series)
     fig = go.Figure([go.Scatter(x=x, y=list(values), name=name, mode="lines+markers", customdata=list(labels),
                                 hovertemplate=f"{name}<br>%{{customdata}}<br>{y_title} %{{y:.4f}}<extra></extra>")
                      for name, values in series.items()])
-    return _layout(fig, labels, title, x_title, y_title, height)
+    return _layout(fig, labels, title, x_title, y_title, height, log_y)
 
 
 def grouped_bars_figure(labels: list[str], series: dict[str, list[float]], title: str, x_title: str, y_title: str,
-                        height: int = 420) -> go.Figure:
-    """One bar per series (name -> values [len(labels)]) at each label, side by side."""
+                        height: int = 420, log_y: bool = False) -> go.Figure:
+    """One bar per series (name -> values [len(labels)]) at each label, side by side (log_y: a logarithmic y
+    axis)."""
     x = _check(labels, series)
     fig = go.Figure([go.Bar(x=x, y=list(values), name=name, customdata=list(labels),
                             hovertemplate=f"{name}<br>%{{customdata}}<br>{y_title} %{{y:.4f}}<extra></extra>")
                      for name, values in series.items()])
     fig.update_layout(barmode="group")
-    return _layout(fig, labels, title, x_title, y_title, height)
+    return _layout(fig, labels, title, x_title, y_title, height, log_y)

@@ -1,0 +1,103 @@
+"""Naive vs absorbed MLA decoding as the context grows: tokens/s and KV-cache bytes, side by side, one run.
+
+    python -m ds_core bench mla [--model DIR] [--contexts 128,512,2048] [--steps 32] [--repeats 5] [--threads 1]
+    python -m ds_core.perf.mla_bench ...          (the same)
+
+For each context length the model prefills that many random token ids into a NaiveCache (per-head K and V)
+and a LatentCache (MLA's c_KV and rope key), then times bursts of greedy single-token decode steps on each,
+alternating the two (ds_core.mla_lab.decode_speed); the median burst is reported, with the cache bytes measured
+after the prefill. Contexts longer than the model's max_position_embeddings are decoded all the same (rope has
+no limit; the model is just untrained there, which does not change the work a step does).
+
+What to read: the ratios. absorbed / naive tokens/s > 1 means absorbing W_UK and W_UV pays off at that context;
+naive / latent cache bytes is what MLA saves in memory, and is the same at every context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..inspect import human_bytes
+from ..mla_lab import by_context, decode_speed
+from ..model import DeepSeekModel
+
+SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "ds-tiny"
+
+
+def format_table(pairs: list[dict], steps: int, repeats: int) -> str:
+    """by_context's rows as the lines the command prints."""
+    lines = [f"  {'context':>8}{'naive tok/s':>13}{'absorbed tok/s':>16}{'absorbed/naive':>16}"
+             f"{'naive cache':>13}{'latent cache':>14}{'naive/latent':>14}"]
+    for p in pairs:
+        lines.append(f"  {p['context']:>8}{p['naive_tokens_per_s']:>13.1f}{p['absorbed_tokens_per_s']:>16.1f}"
+                     f"{p['speedup']:>15.2f}x{human_bytes(p['naive_cache_bytes']):>13}"
+                     f"{human_bytes(p['absorbed_cache_bytes']):>14}{p['cache_ratio']:>13.2f}x")
+    lines.append(f"  tokens/s: median of {repeats} bursts of {steps} decode steps per implementation, alternated; "
+                 "cache: bytes after the prefill, measured")
+    return "\n".join(lines)
+
+
+def run(model_dir: str | Path, contexts: list[int], steps: int, repeats: int, threads: int) -> str:
+    """Load model_dir, time it, and return the report. Sets torch's threads for the run, then restores them."""
+    model = DeepSeekModel.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = model.config
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        decode_speed(model, contexts=[min(contexts)], steps=2, repeats=1)  # warm-up: first-call allocations
+        pairs = by_context(decode_speed(model, contexts=contexts, steps=steps, repeats=repeats))
+    finally:
+        torch.set_num_threads(previous)
+    beyond = [c for c in contexts if c > cfg.max_position_embeddings]
+    note = (f"\n  contexts {', '.join(map(str, beyond))} exceed the model's max_position_embeddings "
+            f"({cfg.max_position_embeddings}): decoded all the same, the work per step does not depend on it"
+            if beyond else "")
+    return "\n".join([
+        "MLA decode benchmark: naive (per-head K/V cache) vs absorbed (latent cache), batch 1, greedy, fp32, CPU",
+        f"  model      {model_dir}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} heads, kv_lora_rank {cfg.kv_lora_rank})",
+        f"  threads    {threads}   torch {torch.__version__}",
+        "",
+        format_table(pairs, steps, repeats) + note,
+    ])
+
+
+def parse_contexts(text: str) -> list[int]:
+    try:
+        contexts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"contexts must be a comma list of whole numbers, got {text!r}") from None
+    if not contexts or min(contexts) < 1:
+        raise argparse.ArgumentTypeError(f"contexts must be whole numbers >= 1, got {text!r}")
+    return contexts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ds_core bench mla", description=(
+        "Decode tokens/s and KV-cache bytes of naive vs absorbed MLA at several context lengths, in one run; "
+        "prints both and their ratios."))
+    p.add_argument("--model", metavar="PATH", default=str(SHIPPED),
+                   help="Hugging Face DeepSeek-V2/V3 checkpoint directory (default: the shipped assets/ds-tiny)")
+    p.add_argument("--contexts", type=parse_contexts, default=[128, 512, 2048],
+                   help="comma list of cached tokens to decode after (default 128,512,2048)")
+    p.add_argument("--steps", type=int, default=32, help="decode steps per timed burst (default 32)")
+    p.add_argument("--repeats", type=int, default=5, help="timed bursts per implementation and context (default 5)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1 or args.threads < 1:
+        print("error: --steps, --repeats and --threads must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        print(run(args.model, args.contexts, args.steps, args.repeats, args.threads))
+    except (ValueError, OSError) as e:  # CheckpointError and ConfigError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
