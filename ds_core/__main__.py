@@ -4,6 +4,7 @@
     python -m ds_core inspect assets/ds-tiny --dtype bf16
     python -m ds_core bench --help
     python -m ds_core bench mla --help      # naive vs absorbed MLA decode by context (ds_core.perf.mla_bench)
+    python -m ds_core bench prefill --help  # dense vs window prefill: time, peak memory (ds_core.perf.prefill_bench)
 
 Bad input (a wrong sampling setting, a path that is no checkpoint) prints one line `error: ...` and exits 2.
 Set DS_CORE_TRACEBACK=1 to see the traceback instead.
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inspect)
 
     b = sub.add_parser("bench", help="decode benchmark (ds_core.perf.decode_bench; `bench mla`: "
-                       "ds_core.perf.mla_bench); arguments pass through",
+                       "ds_core.perf.mla_bench; `bench prefill`: ds_core.perf.prefill_bench); arguments pass through",
                        add_help=False)
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
@@ -108,15 +109,18 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    mla = args.args[:1] == ["mla"]  # `bench mla ...`: naive vs absorbed MLA; anything else: ds_core vs transformers
+    # `bench mla ...`: naive vs absorbed MLA; `bench prefill ...`: dense vs window prefill; else ds_core vs transformers
+    name = args.args[0] if args.args[:1] in (["mla"], ["prefill"]) else None
     try:
-        if mla:
+        if name == "mla":
             from .perf import mla_bench as bench
+        elif name == "prefill":
+            from .perf import prefill_bench as bench
         else:
             from .perf import decode_bench as bench
     except ImportError as e:
-        raise BadInput(f"the decode benchmark is not available in this build ({e})") from None
-    rc = bench.main(args.args[1:] if mla else args.args)
+        raise BadInput(f"the {name or 'decode'} benchmark is not available in this build ({e})") from None
+    rc = bench.main(args.args[1:] if name else args.args)
     return rc if isinstance(rc, int) else 0
 
 

@@ -24,8 +24,7 @@ import torch
 from ..inspect import human_bytes
 from ..mla_lab import by_context, decode_speed
 from ..model import DeepSeekModel
-
-SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "ds-tiny"
+from .command import add_model_argument, print_report, torch_threads
 
 
 def format_table(pairs: list[dict], steps: int, repeats: int) -> str:
@@ -45,13 +44,9 @@ def run(model_dir: str | Path, contexts: list[int], steps: int, repeats: int, th
     """Load model_dir, time it, and return the report. Sets torch's threads for the run, then restores them."""
     model = DeepSeekModel.from_pretrained(model_dir, dtype=torch.float32)
     cfg = model.config
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         decode_speed(model, contexts=[min(contexts)], steps=2, repeats=1)  # warm-up: first-call allocations
         pairs = by_context(decode_speed(model, contexts=contexts, steps=steps, repeats=repeats))
-    finally:
-        torch.set_num_threads(previous)
     beyond = [c for c in contexts if c > cfg.max_position_embeddings]
     note = (f"\n  contexts {', '.join(map(str, beyond))} exceed the model's max_position_embeddings "
             f"({cfg.max_position_embeddings}): decoded all the same, the work per step does not depend on it"
@@ -80,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ds_core bench mla", description=(
         "Decode tokens/s and KV-cache bytes of naive vs absorbed MLA at several context lengths, in one run; "
         "prints both and their ratios."))
-    p.add_argument("--model", metavar="PATH", default=str(SHIPPED),
-                   help="Hugging Face DeepSeek-V2/V3 checkpoint directory (default: the shipped assets/ds-tiny)")
+    add_model_argument(p)
     p.add_argument("--contexts", type=parse_contexts, default=[128, 512, 2048],
                    help="comma list of cached tokens to decode after (default 128,512,2048)")
     p.add_argument("--steps", type=int, default=32, help="decode steps per timed burst (default 32)")
@@ -91,12 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.repeats < 1 or args.threads < 1:
         print("error: --steps, --repeats and --threads must be >= 1", file=sys.stderr)
         return 2
-    try:
-        print(run(args.model, args.contexts, args.steps, args.repeats, args.threads))
-    except (ValueError, OSError) as e:  # CheckpointError and ConfigError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return print_report(lambda: run(args.model, args.contexts, args.steps, args.repeats, args.threads))
 
 
 if __name__ == "__main__":
