@@ -181,11 +181,16 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
         *[f"| {k} | {v['n']} | {v['accuracy']:.1%} | {v.get('name', 0):.1%} | {v.get('object', 0):.1%} |"
           for k, v in result["recall"].items() if k != "probes"],
         "",
-        f"**Copying from context** (`ds_core.eval.induction_score`): on random token sequences shown twice, "
-        f"the next-token loss is {result['induction']['first_copy_loss']:.2f} nats on the first copy and "
-        f"{result['induction']['second_copy_loss']:.2f} on the second. A model with induction heads (attention "
-        "that finds the earlier occurrence of the current token and copies what followed) predicts the second "
-        "copy almost perfectly; long-range recall depends on that mechanism.", "",
+        f"**Copying from context** (`ds_core.eval.induction_score`): on runs of random words from the "
+        "corpus's vocabulary shown twice, the next-token loss is "
+        f"{result['induction']['first_copy_loss']:.2f} nats on the first copy and "
+        f"{result['induction']['second_copy_loss']:.2f} on the second: the model "
+        f"{'copies' if result['induction']['copy_gain'] > 1 else 'does not copy'} (an induction head "
+        "finds the earlier occurrence of the current token and copies what followed; long-range recall depends "
+        "on it). On random token ids, mostly word pieces never seen side by side, the loss is "
+        f"{result['induction_random_ids']['first_copy_loss']:.2f} and "
+        f"{result['induction_random_ids']['second_copy_loss']:.2f}: what it learned to copy is text of its own "
+        "kind.", "",
         "**Expert load** (share of each MoE layer's routed token slots per expert, test split; "
         f"even would be {1 / cfg.n_routed_experts:.1%}):", "",
         "| layer | " + " | ".join(f"e{i}" for i in range(cfg.n_routed_experts)) + " |",

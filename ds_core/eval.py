@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,16 +106,33 @@ def recall_accuracy(model, tok: Tokenizer, per_bucket: int = 100, split: str = "
     return out
 
 
-@torch.inference_mode()
-def induction_score(model, n: int = 8, length: int = 100, seed: int = 0, opts: RunOptions = RunOptions()) -> dict:
-    """Can the model copy from its context? Random token sequences [n, length] are shown twice in a row; a
-    model with induction heads predicts the second copy far better than the first (which is unpredictable).
+def random_words(tok: Tokenizer, n: int, length: int, seed: int = 0) -> torch.Tensor:
+    """[n, length] ids: each row a run of words drawn at random from the corpus's chant vocabulary
+    (stories.CHANT_WORDS), tokenized and cut to length tokens. Text in the model's own format that only an
+    earlier showing can predict."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        ids = tok.encode(" " + " ".join(rng.choice(stories.CHANT_WORDS) for _ in range(length)))
+        rows.append(ids[1:length + 1] if ids[0] == tok.bos_token_id else ids[:length])
+    return torch.tensor(rows)
 
+
+@torch.inference_mode()
+def induction_score(model, tok: Tokenizer | None = None, n: int = 8, length: int = 100, seed: int = 0,
+                    opts: RunOptions = RunOptions()) -> dict:
+    """Can the model copy from its context? Random sequences [n, length] are shown twice in a row; a model with
+    induction heads predicts the second copy far better than the first (which is unpredictable).
+
+    With tok the sequences are random corpus words (random_words); without, random token ids, most of them
+    word pieces never seen side by side, which a small model trained on one kind of text may not copy.
     Returns the mean next-token loss on each copy (nats) and their difference: near 0 means no copying.
     """
     g = torch.Generator().manual_seed(seed)
-    low = 2  # skip <bos> and <eos>
-    seq = torch.randint(low, model.config.vocab_size, (n, length), generator=g)
+    if tok is None:
+        seq = torch.randint(2, model.config.vocab_size, (n, length), generator=g)  # 2: skip <bos> and <eos>
+    else:
+        seq = random_words(tok, n, length, seed)
     ids = torch.cat([seq, seq], dim=1)
     logits = _forward(model, ids[:, :-1], opts).float().cpu()
     loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view(n, -1)
@@ -168,7 +186,8 @@ def evaluate(model, tok: Tokenizer, per_bucket: int = 100, n: int = 200, opts: R
     return {"validation": perplexity(model, tok, "validation", n, opts=opts),
             "test": perplexity(model, tok, "test", n, opts=opts),
             "recall": recall_accuracy(model, tok, per_bucket, opts=opts),
-            "induction": induction_score(model, opts=opts),
+            "induction": induction_score(model, tok, opts=opts),
+            "induction_random_ids": induction_score(model, opts=opts),
             "expert_load": expert_load(model, tok, opts=opts)}
 
 
@@ -180,7 +199,7 @@ def format_report(r: dict) -> str:
             lines.append(f"  d {key:>8}: {v['accuracy']:.1%} of {v['n']}  (names {v.get('name', 0):.1%}, "
                          f"objects {v.get('object', 0):.1%})")
     ind = r["induction"]
-    lines.append(f"copying a repeated random sequence: loss {ind['first_copy_loss']:.2f} on the first copy, "
+    lines.append(f"copying a repeated run of random words: loss {ind['first_copy_loss']:.2f} on the first copy, "
                  f"{ind['second_copy_loss']:.2f} on the second")
     lines.append("expert load (share of routed slots, min-max per layer):")
     for layer, shares in r["expert_load"].items():

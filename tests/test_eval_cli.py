@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ds_core import eval as evaluation
 
@@ -48,3 +49,15 @@ def test_induction_score_sees_a_model_that_copies():
     none = evaluation.induction_score(Copier(False), n=2, length=100)
     assert good["second_copy_loss"] < 0.01 and good["copy_gain"] > 3
     assert abs(none["copy_gain"]) < 1e-6
+
+
+def test_random_words_are_corpus_words_cut_to_length():
+    from ds_core import Tokenizer
+    from ds_core.data import stories
+
+    tok = Tokenizer.from_pretrained("assets/ds-tiny")
+    ids = evaluation.random_words(tok, n=3, length=40, seed=1)
+    assert ids.shape == (3, 40) and tok.bos_token_id not in ids.tolist()[0]
+    assert not torch.equal(ids[0], ids[1])
+    words = tok.decode(ids[0].tolist()).split()[:-1]  # the last word may be cut mid-way
+    assert words and all(w in stories.CHANT_WORDS for w in words)
