@@ -30,3 +30,12 @@ def qkv(B, H, Hk, T, S, d=8, dv=6, seed=0):
 def positions(B, T, S):
     """The last T of S positions 0..S-1, the same for every row (prefill T == S, or decode with a cache)."""
     return torch.arange(S - T, S).expand(B, T), torch.arange(S).expand(B, S)
+
+
+def left_padded_positions(T, S, pad=3):
+    """Two rows of S key slots, row 0 with `pad` left padding slots whose positions repeat 0 (as
+    DeepSeekModel.assign_positions does) -> q_pos [2, T] (the last T slots), k_pos [2, S], k_valid [2, S]."""
+    k_valid = torch.ones(2, S, dtype=torch.bool)
+    k_valid[0, :pad] = False
+    k_pos = torch.stack([(torch.arange(S) - pad).clamp(min=0), torch.arange(S)])
+    return k_pos[:, -T:], k_pos, k_valid

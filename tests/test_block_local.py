@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from attention_helpers import brute_allowed as pair_by_pair
-from attention_helpers import positions, qkv
+from attention_helpers import left_padded_positions, positions, qkv
 
 from conftest import make_reference
 from ds_core import trace
@@ -29,10 +29,7 @@ def test_allowed_matches_the_rule_pair_by_pair(block, n_global, glob):
     bl = BlockLocalAttention(block, n_global, glob)
     q_pos, k_pos = positions(2, 7, 13)
     assert torch.equal(bl.allowed(q_pos, k_pos, None), brute_allowed(bl, q_pos, k_pos, None))
-    k_valid = torch.ones(2, 13, dtype=torch.bool)
-    k_valid[0, :3] = False
-    k_pos = torch.stack([(torch.arange(13) - 3).clamp(min=0), torch.arange(13)])
-    q_pos = k_pos[:, -7:]
+    q_pos, k_pos, k_valid = left_padded_positions(7, 13)
     assert torch.equal(bl.allowed(q_pos, k_pos, k_valid), brute_allowed(bl, q_pos, k_pos, k_valid))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from attention_helpers import brute_allowed as pair_by_pair
-from attention_helpers import positions, qkv
+from attention_helpers import left_padded_positions, positions, qkv
 import torch.nn.functional as F
 
 from conftest import make_reference
@@ -29,11 +29,7 @@ def test_allowed_matches_the_rule_pair_by_pair(window, n_global, glob):
     wa = WindowAttention(window, n_global, glob)
     q_pos, k_pos = positions(2, 5, 9)
     assert torch.equal(wa.allowed(q_pos, k_pos, None), brute_allowed(wa, q_pos, k_pos, None))
-    # left padding: row 0 has 3 padding slots, whose positions repeat 0 (as DeepSeekModel.assign_positions does)
-    k_valid = torch.ones(2, 9, dtype=torch.bool)
-    k_valid[0, :3] = False
-    k_pos = torch.stack([(torch.arange(9) - 3).clamp(min=0), torch.arange(9)])
-    q_pos = k_pos[:, -5:]
+    q_pos, k_pos, k_valid = left_padded_positions(5, 9)
     assert torch.equal(wa.allowed(q_pos, k_pos, k_valid), brute_allowed(wa, q_pos, k_pos, k_valid))
 
 
