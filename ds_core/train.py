@@ -35,6 +35,7 @@ from .data import bpe, stories
 from .eval import ExpertLoad, induction_score
 from .induction_guide import InductionGuide
 from .model import DeepSeekModel
+from .tokenizer import Tokenizer
 
 
 @dataclass
@@ -99,17 +100,22 @@ def corpus_version() -> str:
     return digest.hexdigest()[:10]
 
 
+def tokenizer_dir(cfg: TrainConfig) -> Path:
+    """Where prepare_data keeps the tokenizer trained for the current corpus code."""
+    return Path(cfg.work) / f"tokenizer-{corpus_version()}"
+
+
 def prepare_data(cfg: TrainConfig) -> dict:
     """Corpus and tokenizer, cached in cfg.work (built once; deterministic given the config)."""
     work = Path(cfg.work)
     cache = work / f"tokens-{corpus_version()}-{cfg.train_stories}-{cfg.val_stories}-{cfg.vocab_size}.pt"
-    tokenizer_dir = work / f"tokenizer-{corpus_version()}"
-    if cache.exists() and (tokenizer_dir / "tokenizer.json").exists():
+    tok_dir = tokenizer_dir(cfg)
+    if cache.exists() and (tok_dir / "tokenizer.json").exists():
         return torch.load(cache, weights_only=True)
     print(f"generating {cfg.train_stories} training stories and training a {cfg.vocab_size}-token BPE ...",
           file=sys.stderr)
     tok = bpe.train_bpe(stories.split("train", cfg.train_stories), cfg.vocab_size)
-    bpe.save_tokenizer(tok, tokenizer_dir)
+    bpe.save_tokenizer(tok, tok_dir)
     train, train_starts = tokenized_split(tok, "train", cfg.train_stories)
     val, val_starts = tokenized_split(tok, "validation", cfg.val_stories)
     data = dict(train=train, train_starts=train_starts, val=val, val_starts=val_starts)
@@ -169,11 +175,12 @@ def validation_loss(model: DeepSeekModel, data: dict, cfg: TrainConfig, n: int =
 
 
 @torch.no_grad()
-def copy_gain(model: DeepSeekModel) -> float:
-    """Nats the model saves on the second showing of a random sequence (eval.induction_score): it jumps from
-    about 0 once induction heads form, the skill every recall cue needs."""
+def copy_gain(model: DeepSeekModel, tok: Tokenizer) -> float:
+    """Nats the model saves on the second showing of a run of random corpus words (eval.induction_score with
+    the tokenizer): near 0 until the model copies from its context, the skill every recall cue needs. (Random
+    token ids are no test here: the shipped model copies words of its corpus, not arbitrary word pieces.)"""
     model.eval()
-    gain = induction_score(model, n=8, length=100)["copy_gain"]
+    gain = induction_score(model, tok, n=8, length=100)["copy_gain"]
     model.train()
     return gain
 
@@ -202,6 +209,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     opt = optimizer(model, cfg)
     load = ExpertLoad(model)
     guide = InductionGuide(model, GUIDED_HEADS) if cfg.guide_weight else None
+    tok = Tokenizer.from_pretrained(tokenizer_dir(cfg))
     state_file = work / "state.pt"
     log: list[dict] = []
     step = 0
@@ -235,7 +243,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                  "max_load": round(max((l.max() / l.sum()).item() for l in loads), 4)}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             entry["val_loss"] = round(validation_loss(model, data, cfg), 4)
-            entry["copy_gain"] = round(copy_gain(model), 3)
+            entry["copy_gain"] = round(copy_gain(model, tok), 3)
             load.reset()  # validation's routing must not steer the balancing (and a resumed run never sees it)
         log.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{speed:,.0f}",
@@ -260,7 +268,7 @@ def export(model: DeepSeekModel, cfg: TrainConfig, log: list[dict]) -> Path:
     out = Path(cfg.out)
     model.eval().to("cpu").save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        (out / name).write_bytes((Path(cfg.work) / f"tokenizer-{corpus_version()}" / name).read_bytes())
+        (out / name).write_bytes((tokenizer_dir(cfg) / name).read_bytes())
     (out / "generation_config.json").write_text(json.dumps({
         "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1, "do_sample": True, "temperature": 0.8,
         "top_k": 50, "top_p": 0.95, "max_new_tokens": 128}, indent=2) + "\n")
