@@ -105,7 +105,8 @@ def _generate_ids(model, input_ids, attention_mask, params, max_new_tokens, seed
         cache = decode.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
     else:  # a window backend gets a rolling cache: constant memory however long the text grows
         decode, cache = None, new_cache(mla or model.mla, model.config.num_hidden_layers, backend)
-    logits = model(input_ids, cache=cache, attention_mask=attention_mask, backend=backend)[:, -1]
+    logits = model(input_ids, cache=cache, attention_mask=attention_mask, backend=backend,
+                   logits_to_keep=1)[:, -1]  # the prefill needs the last position's logits only
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         if on_logits is not None:

@@ -12,7 +12,7 @@ from ds_core import DeepSeekModel
 from ds_core.__main__ import main
 from ds_core.attention import WindowAttention
 from ds_core.attention_lab import fraction_computed
-from ds_core.perf.prefill_bench import (Comparison, Run, compare, format_table, last_position_logits, measure,
+from ds_core.perf.prefill_bench import (Comparison, Run, compare, format_table, measure,
                                         memory_method, prefill_run, random_ids)
 
 MiB = 1 << 20
@@ -82,15 +82,15 @@ def test_the_seed_picks_the_ids(model):
     assert torch.equal(a, random_ids(model, 64, seed=0)) and not torch.equal(a, b)
 
 
-def test_last_position_logits_computes_one_row_and_then_lets_go(model):
+def test_logits_to_keep_computes_the_last_rows_only(model):
     ids = random_ids(model, 40)
     with torch.inference_mode():
         full = model(ids)
-        with last_position_logits(model):
-            last = model(ids)
-        again = model(ids)
-    assert last.shape == (1, 1, model.config.vocab_size) and again.shape == full.shape
+        last = model(ids, logits_to_keep=1)
+        three = model(ids, logits_to_keep=3)
+    assert last.shape == (1, 1, model.config.vocab_size) and three.shape == (1, 3, model.config.vocab_size)
     torch.testing.assert_close(last[0, 0], full[0, -1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(three[0], full[0, -3:], rtol=1e-5, atol=1e-5)
 
 
 # ---- dense vs window by length ----------------------------------------------------------------------------

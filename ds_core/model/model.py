@@ -46,14 +46,16 @@ class DeepSeekModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         backend=None,
         mla: str | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
-        """input_ids [B, T] -> logits [B, T, V] (fp32).
+        """input_ids [B, T] -> logits [B, T, V] (fp32), or [B, logits_to_keep, V] for the last positions only.
 
         cache: a KVCache from new_cache(); the T tokens are appended to it and attend to everything in it.
         attention_mask [B, T]: 1 for real tokens, 0 for left padding. Positions count real tokens only, so a
         left-padded prompt gets the same positions as the prompt alone.
         backend: attention backend or its name (default dense). mla: 'naive' or 'absorbed' (default
-        self.mla; a cache fixes it to the kind it stores).
+        self.mla; a cache fixes it to the kind it stores). logits_to_keep: if > 0, run the LM head on that many
+        last positions only (a prefill needs one; transformers' argument of the same name).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
@@ -71,7 +73,7 @@ class DeepSeekModel(nn.Module):
             x = layer(x, rope, positions, cache, backend, mla)
         x = self.norm(x)
         trace.record("final_norm", x)
-        logits = self.lm_head(x).float()
+        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep > 0 else x).float()
         trace.record("logits", logits)
         return logits
 

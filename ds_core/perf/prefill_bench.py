@@ -41,10 +41,9 @@ import math
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -135,17 +134,6 @@ def measure(fn: Callable[[], object], device: torch.device | str = "cpu") -> Mea
 
 
 # ---- one prefill ------------------------------------------------------------------------------------------
-@contextmanager
-def last_position_logits(model: DeepSeekModel) -> Iterator[None]:
-    """Inside the block, model(ids) [B, T] returns only the last position's logits [B, 1, V]: the LM head is fed
-    x[:, -1:] instead of all T rows (a forward pre-hook, removed on leaving)."""
-    handle = model.lm_head.register_forward_pre_hook(lambda module, args: (args[0][:, -1:],))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def random_ids(model: DeepSeekModel, T: int, seed: int = 0) -> torch.Tensor:
     """T token ids [1, T] drawn uniformly from the vocabulary with `seed`, on the model's device."""
     T = check_int("T (tokens)", T, 1)
@@ -169,11 +157,10 @@ def prefill_run(model: DeepSeekModel, T: int, backend=None, seed: int = 0) -> Ru
     name; default dense), as generate_ids does, computing logits at the last position only -> Run."""
     ids = random_ids(model, T, seed)
     backend = get_backend(backend)
-    with last_position_logits(model):
-        def prefill() -> torch.Tensor:
-            cache = new_cache(model.mla, model.config.num_hidden_layers, backend)  # rolling for a window
-            return model(ids, cache=cache, backend=backend)                      # [1, 1, V]
-        m = measure(prefill, model.device)
+    def prefill() -> torch.Tensor:
+        cache = new_cache(model.mla, model.config.num_hidden_layers, backend)  # rolling for a window
+        return model(ids, cache=cache, backend=backend, logits_to_keep=1)     # [1, 1, V]
+    m = measure(prefill, model.device)
     return Run(backend.name, T, m.seconds, m.peak_bytes, m.value[0, -1].float().cpu())
 
 
