@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import DenseAttention, WindowAttention, check_temperature, get_backend
-from .attention.window import _check_int as check_int
+from .checks import check_int
 from .eval import RunOptions, perplexity, recall_accuracy, story_windows, window_logits
 from .generate import _encode_prompt
 from .tokenizer import Tokenizer

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 
+from .checks import check_int
 from .config import ModelConfig
 from .inspect import DTYPE_BYTES, as_config, dtype_name
 
@@ -188,9 +189,7 @@ class LatentKV:
 
 
 def check_layer(cfg: ModelConfig, layer: int) -> int:
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < cfg.num_hidden_layers:
-        raise ValueError(f"layer must be a whole number from 0 to {cfg.num_hidden_layers - 1}, got {layer!r}")
-    return layer
+    return check_int("layer", layer, 0, cfg.num_hidden_layers - 1)
 
 
 @torch.inference_mode()

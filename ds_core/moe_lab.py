@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .attention.window import _check_int as check_int
+from .checks import check_int
 from .config import ModelConfig
 from .eval import ExpertLoad, RunOptions, perplexity, recall_accuracy
 from .model.moe import MoE, Router

@@ -128,7 +128,7 @@ def test_rebuilt_k_and_v_are_the_ones_naive_mla_computes(model, layer):
 def test_reconstruction_refuses_a_bad_layer_or_batch(tiny_checkpoint):
     model = DeepSeekModel.from_pretrained(tiny_checkpoint)
     ids = prompt_ids(model.config, 5)
-    with pytest.raises(ValueError, match="layer must be a whole number from 0 to 2, got 3"):
+    with pytest.raises(ValueError, match="layer must be an integer from 0 to 2, got 3"):
         latent_and_reconstruction(model, ids, 3)
     with pytest.raises(ValueError, match=r"shape \[1, T\]"):
         latent_and_reconstruction(model, ids.repeat(2, 1), 0)

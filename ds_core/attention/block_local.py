@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .. import trace
 from .dense import DenseAttention, check_temperature
-from .window import _check_int
+from ..checks import check_int
 
 
 class BlockLocalAttention:
@@ -37,11 +37,11 @@ class BlockLocalAttention:
 
     def __init__(self, block: int, n_global: int = 0, global_positions: tuple[int, ...] = (),
                  temperature: float = 1.0):
-        self.block = _check_int("block", block, 1)
-        self.n_global = _check_int("n_global", n_global, 0)
+        self.block = check_int("block", block, 1)
+        self.n_global = check_int("n_global", n_global, 0)
         global_positions = tuple(global_positions)
         for p in global_positions:
-            _check_int(f"global position {p!r} (in global_positions)", p, 0)
+            check_int(f"global position {p!r} (in global_positions)", p, 0)
         self.global_positions = tuple(sorted(set(int(p) for p in global_positions)))
         self.temperature = check_temperature(temperature)
         self.dense = DenseAttention()

@@ -21,21 +21,14 @@ k_pos [B, S]; k_valid [B, S] or None.
 
 from __future__ import annotations
 
-from numbers import Integral
 from typing import Iterator
 
 import torch
 from einops import rearrange, repeat
 
 from .. import trace
+from ..checks import check_int
 from .dense import DenseAttention, check_temperature
-
-
-def _check_int(what: str, value, low: int) -> int:
-    # bool is an int in Python, but window=True is a mistake, not a window of 1
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 class WindowAttention:
@@ -49,14 +42,14 @@ class WindowAttention:
 
     def __init__(self, window: int, n_global: int = 0, global_positions: tuple[int, ...] = (),
                  temperature: float = 1.0, block: int = 64):
-        self.window = _check_int("window", window, 1)
-        self.n_global = _check_int("n_global", n_global, 0)
+        self.window = check_int("window", window, 1)
+        self.n_global = check_int("n_global", n_global, 0)
         global_positions = tuple(global_positions)  # a list or generator is fine too; read it once
         for p in global_positions:
-            _check_int(f"global position {p!r} (in global_positions)", p, 0)
+            check_int(f"global position {p!r} (in global_positions)", p, 0)
         self.global_positions = tuple(sorted(set(int(p) for p in global_positions)))
         self.temperature = check_temperature(temperature)
-        self.block = _check_int("block", block, 1)
+        self.block = check_int("block", block, 1)
         self.dense = DenseAttention()
         self.last_note = ""   # how the last call ran: dense, reference or block-sparse
         self.computed = 0     # score entries the last block-sparse call computed, per batch row and head

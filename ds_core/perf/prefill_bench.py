@@ -48,7 +48,7 @@ from typing import Callable
 import torch
 
 from ..attention import DenseAttention, WindowAttention, get_backend
-from ..attention.window import _check_int as check_int
+from ..checks import check_int
 from ..cache import new_cache
 from ..inspect import table
 from ..model import DeepSeekModel
