@@ -12,6 +12,9 @@ Expert balance uses DeepSeek-V3's auxiliary-loss-free method: after every step e
 moves by γ towards under-loaded experts, b_e += γ·sign(mean load − load_e). The bias steers which experts are
 chosen, never their weights, and no balance term enters the loss.
 
+Copying from context (what every recall cue needs) would appear too late for a CPU budget on its own, so an
+auxiliary loss, the induction guide (ds_core.induction_guide), trains GUIDED_HEADS to attend to copy targets.
+
 Training windows start at story starts, so a story's introductions and its later references (up to ~500
 tokens apart) fall in the same window. Seeded and resumable: the batch of step s depends only on (seed, s).
 """
