@@ -1,6 +1,7 @@
-"""Evaluate a model on the story corpus: perplexity, long-range recall by distance, and expert load.
+"""Evaluate a model on the story corpus: perplexity, long-range recall by distance, expert load, and whether
+greedy continuations of held-out openings stay on their characters.
 
-    python -m ds_core.eval --model assets/ds-tiny                 # all three, printed as a table
+    python -m ds_core.eval --model assets/ds-tiny                 # all of them, printed as a table
     python -m ds_core.eval --model assets/ds-tiny --json out.json --dtype bf16 --window 32 --sinks 4
 
 Every function takes the options generation takes (the attention backend, the MLA form; the dtype is the
@@ -21,7 +22,9 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from . import continuations
 from .data import recall, stories
+from .generate import generate
 from .model.moe import Router
 from .tokenizer import Tokenizer
 
@@ -140,6 +143,23 @@ def induction_score(model, tok: Tokenizer | None = None, n: int = 8, length: int
     return {"first_copy_loss": first, "second_copy_loss": second, "copy_gain": first - second}
 
 
+@torch.inference_mode()
+def continuation_quality(model, tok: Tokenizer, n: int = 50, max_new_tokens: int = 80,
+                         opts: RunOptions = RunOptions()) -> dict:
+    """Greedy continuations of n held-out story openings, measured against the stories' own continuations
+    (ds_core.continuations) -> {model: summary, corpus: summary, tokens: max_new_tokens,
+    samples: [{opening, greedy, story}]}."""
+    rows = []
+    for opening, story in continuations.held_out_openings(n):
+        greedy = "".join(s.text for s in generate(model, tok, opening, temperature=0.0, max_new_tokens=max_new_tokens,
+                                                  backend=opts.backend, mla=opts.mla))
+        rows.append({"opening": opening, "greedy": greedy,
+                     "story": continuations.story_continuation(tok, opening, story, max_new_tokens)})
+    return {"model": continuations.summarize([(r["opening"], r["greedy"]) for r in rows]),
+            "corpus": continuations.summarize([(r["opening"], r["story"]) for r in rows]),
+            "tokens": max_new_tokens, "samples": rows}
+
+
 class ExpertLoad:
     """Counts the tokens each Router sends to each of its experts, through forward hooks.
 
@@ -182,13 +202,20 @@ def expert_load(model, tok: Tokenizer, split: str = "test", n: int = 100, seq_le
     return {f"layers.{layer}": (c / c.sum()).tolist() for layer, c in zip(load.layers, load.counts)}
 
 
-def evaluate(model, tok: Tokenizer, per_bucket: int = 100, n: int = 200, opts: RunOptions = RunOptions()) -> dict:
+def evaluate(model, tok: Tokenizer, per_bucket: int = 100, n: int = 200, opts: RunOptions = RunOptions(),
+             openings: int = 50) -> dict:
     return {"validation": perplexity(model, tok, "validation", n, opts=opts),
             "test": perplexity(model, tok, "test", n, opts=opts),
             "recall": recall_accuracy(model, tok, per_bucket, opts=opts),
             "induction": induction_score(model, tok, opts=opts),
             "induction_random_ids": induction_score(model, opts=opts),
-            "expert_load": expert_load(model, tok, opts=opts)}
+            "expert_load": expert_load(model, tok, opts=opts),
+            "continuations": continuation_quality(model, tok, openings, opts=opts)}
+
+
+CONTINUATION_MEASURES = {"returns": "continuations that name an opening's character again",
+                         "cast_share": "name mentions that are an opening's characters",
+                         "loops": "continuations that repeat a word or a sentence back to back"}
 
 
 def format_report(r: dict) -> str:
@@ -201,6 +228,10 @@ def format_report(r: dict) -> str:
     ind = r["induction"]
     lines.append(f"copying a repeated run of random words: loss {ind['first_copy_loss']:.2f} on the first copy, "
                  f"{ind['second_copy_loss']:.2f} on the second")
+    lines.append("greedy continuations of held-out openings (shares: model / the stories' own):")
+    model, corpus = r["continuations"]["model"], r["continuations"]["corpus"]
+    for key, label in CONTINUATION_MEASURES.items():
+        lines.append(f"  {label}: {model[key]:.0%} / {corpus[key]:.0%}")
     lines.append("expert load (share of routed slots, min-max per layer):")
     for layer, shares in r["expert_load"].items():
         lines.append(f"  {layer}: {min(shares):.1%} - {max(shares):.1%}")
@@ -238,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mla", choices=("naive", "absorbed"), default=None)
     parser.add_argument("--per-bucket", type=int, default=100, help="recall probes per distance bucket")
     parser.add_argument("--stories", type=int, default=200, help="story windows for perplexity")
+    parser.add_argument("--openings", type=int, default=50, help="held-out openings to continue greedily")
     parser.add_argument("--json", metavar="FILE", help="also write the full results here")
     args = parser.parse_args(argv)
     try:
@@ -247,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = DeepSeekModel.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
     tok = Tokenizer.from_pretrained(args.model)
-    result = evaluate(model, tok, args.per_bucket, args.stories, RunOptions(backend, args.mla))
+    result = evaluate(model, tok, args.per_bucket, args.stories, RunOptions(backend, args.mla), args.openings)
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
