@@ -144,20 +144,20 @@ def induction_score(model, tok: Tokenizer | None = None, n: int = 8, length: int
 
 
 @torch.inference_mode()
-def continuation_quality(model, tok: Tokenizer, n: int = 50, max_new_tokens: int = 80,
-                         opts: RunOptions = RunOptions()) -> dict:
-    """Greedy continuations of n held-out story openings, measured against the stories' own continuations
-    (ds_core.continuations) -> {model: summary, corpus: summary, tokens: max_new_tokens,
-    samples: [{opening, greedy, story}]}."""
+def continuation_quality(model, tok: Tokenizer, n: int = 50, max_new_tokens: int = 80, temperature: float = 0.0,
+                         seed: int = 0, opts: RunOptions = RunOptions()) -> dict:
+    """Continuations of n held-out story openings (greedy by default), measured against the stories' own
+    (ds_core.continuations) -> {model: summary, corpus: summary, tokens: max_new_tokens, temperature,
+    samples: [{opening, model, story}]}."""
     rows = []
     for opening, story in continuations.held_out_openings(n):
-        greedy = "".join(s.text for s in generate(model, tok, opening, temperature=0.0, max_new_tokens=max_new_tokens,
-                                                  backend=opts.backend, mla=opts.mla))
-        rows.append({"opening": opening, "greedy": greedy,
+        text = "".join(s.text for s in generate(model, tok, opening, temperature=temperature, seed=seed,
+                                                max_new_tokens=max_new_tokens, backend=opts.backend, mla=opts.mla))
+        rows.append({"opening": opening, "model": text,
                      "story": continuations.story_continuation(tok, opening, story, max_new_tokens)})
-    return {"model": continuations.summarize([(r["opening"], r["greedy"]) for r in rows]),
+    return {"model": continuations.summarize([(r["opening"], r["model"]) for r in rows]),
             "corpus": continuations.summarize([(r["opening"], r["story"]) for r in rows]),
-            "tokens": max_new_tokens, "samples": rows}
+            "tokens": max_new_tokens, "temperature": temperature, "samples": rows}
 
 
 class ExpertLoad:
