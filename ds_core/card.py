@@ -20,7 +20,7 @@ import torch
 
 from . import eval as evaluation
 from .attention_lab import format_sweep
-from .data import stories
+from .continuations import held_out_openings
 from .generate import generate
 from .inspect import architecture_rows, human_count, param_summary
 from .model import DeepSeekModel
@@ -30,6 +30,7 @@ from .train import GUIDED_HEADS
 SAMPLE_TEMPERATURES = (0.0, 0.7, 1.0, 1.5)
 FINAL_WINDOW = 100  # training steps averaged for the final training loss
 SAMPLE_TOKENS = 80  # new tokens per sample
+SAMPLED_TEMPERATURE = 0.7  # the sampled continuations measured beside the greedy ones
 
 
 def final_train_loss(log: list[dict]) -> float:
@@ -63,11 +64,6 @@ def plot_loss(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def held_out_openings(n: int) -> list[str]:
-    """The first three sentences of test-split stories: openings the model never trained on."""
-    return [". ".join(stories.story(stories.SPLIT_SEEDS["test"] + i).split(". ")[:3]) + "." for i in range(n)]
-
-
 def samples(model, tok: Tokenizer, openings: list[str], max_new_tokens: int = SAMPLE_TOKENS) -> list[dict]:
     out = []
     for prompt in openings:
@@ -76,6 +72,29 @@ def samples(model, tok: Tokenizer, openings: list[str], max_new_tokens: int = SA
                                                    max_new_tokens=max_new_tokens, seed=0))
             out.append({"prompt": prompt, "temperature": t, "text": text})
     return out
+
+
+def continuation_section(greedy: dict, sampled: dict, skip: int, shown: int = 4) -> list[str]:
+    """How continuations of held-out openings hold their characters, greedy and sampled, beside the stories'
+    own (ds_core.eval.continuation_quality), and `shown` greedy ones after the first `skip` (which the Samples
+    section shows)."""
+    lines = ["**Continuations** (`ds_core.eval.continuation_quality`): the first three sentences of "
+             f"{greedy['model']['n']} test stories, each naming a character, continued for {greedy['tokens']} "
+             f"tokens greedily and sampled at τ = {sampled['temperature']:g}; beside them, the same stories' own "
+             "next tokens, measured the same way.", "",
+             f"| share of … | greedy | τ = {sampled['temperature']:g} | the stories |", "|---|---|---|---|",
+             *[f"| {label} | {greedy['model'][key]:.0%} | {sampled['model'][key]:.0%} | {greedy['corpus'][key]:.0%} |"
+               for key, label in evaluation.CONTINUATION_MEASURES.items()], ""]
+    if greedy["model"]["loops"] > greedy["corpus"]["loops"] + 0.1:
+        lines += ["Greedy decoding loops where the stories do not. This corpus draws each sentence independently "
+                  "of the one before, so the likeliest next sentence is much the same at every point of a story; "
+                  "greedy decoding always takes the likeliest token, so it says that sentence again, and copying "
+                  "from context (which recall needs) makes the repeat likelier still. Sampling does not always "
+                  "take the likeliest token (lesson 02 compares the two).", ""]
+    lines += [f"Openings {skip + 1} to {skip + shown}, continued greedily (the first {skip} are under Samples):", ""]
+    for row in greedy["samples"][skip:skip + shown]:
+        lines += [f"- **{row['opening']}** …{row['model'].strip()}"]
+    return lines + [""]
 
 
 def sparse_attention_section(model_dir: Path, sweep_rows: list[dict], context: int) -> list[str]:
@@ -119,8 +138,9 @@ def sparse_sweep(model, tok, model_dir: Path, per_bucket: int) -> list[dict]:
     return sweep(model, tok, backends, per_bucket=per_bucket, n=60)
 
 
-def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
+def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict, sampled: dict,
          sweep_rows: list[dict] = ()) -> str:
+    """The card's Markdown. sampled: continuation_quality at SAMPLED_TEMPERATURE, beside result's greedy one."""
     cfg = DeepSeekModel.from_pretrained(model_dir).config
     params = param_summary(cfg)
     log, tc = training["log"], training["config"]
@@ -197,7 +217,8 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
         "|---|" + "---|" * cfg.n_routed_experts,
         *[f"| {layer} | " + " | ".join(f"{s:.1%}" for s in shares) + " |"
           for layer, shares in result["expert_load"].items()],
-        "", *sparse_attention_section(model_dir, list(sweep_rows), cfg.max_position_embeddings), "## Samples", "",
+        "", *continuation_section(result["continuations"], sampled, skip=len({r["prompt"] for r in sample_rows})),
+        *sparse_attention_section(model_dir, list(sweep_rows), cfg.max_position_embeddings), "## Samples", "",
         f"Held-out story openings (test split), continued for {SAMPLE_TOKENS} tokens with seed 0 at several sampling "
         "temperatures τ (`ds_core.generate`, no top-k or top-p).", "",
     ]
@@ -229,10 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     (path / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_loss(training["log"], path / "loss_curve.png")
     with torch.inference_mode():
-        rows = samples(model, tok, held_out_openings(args.samples))
+        rows = samples(model, tok, [opening for opening, _ in held_out_openings(args.samples)])
+    sampled = evaluation.continuation_quality(model, tok, temperature=SAMPLED_TEMPERATURE)
     sweep_rows = sparse_sweep(model, tok, path, per_bucket=max(10, args.per_bucket // 2))
     print(format_sweep(sweep_rows))
-    (path / "README.md").write_text(card(path, result, rows, training, sweep_rows))
+    (path / "README.md").write_text(card(path, result, rows, training, sampled, sweep_rows))
     print(f"wrote {path / 'README.md'}")
     return 0
 
