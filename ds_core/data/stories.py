@@ -324,6 +324,99 @@ def chant_telling(rng: random.Random, b: "StoryBuilder") -> tuple[str, Callable[
     return sentence(CHANT_TELLINGS), lambda: sentence(CHANT_RETELLINGS)
 
 
+# ---- plots -------------------------------------------------------------------------------------------
+# An episode is a short plot told in order: each beat is one sentence, and the beats always come in the same
+# order. Independent sentences make the likeliest next sentence the same everywhere, which greedy decoding then
+# repeats forever; beats in order make it move on, as a story does.
+
+def lost_object(rng: random.Random, s: Setting, c: Character, friend: Character | None) -> list[str]:
+    p, n, o = c.possessive, c.name, c.obj
+    place, place2, furn = rng.sample(W.PLACES, 2) + [rng.choice(W.FURNITURE)]
+    return [
+        rng.choice([f"One {rng.choice(W.TIMES)}, {n} took {p} {o} to the {place}.",
+                    f"{n} carried {p} {o} all the way to the {place}."]),
+        rng.choice([f"At the {place}, {c.pronoun} put {p} {o} down on the {furn}.",
+                    f"There {n} set {p} {o} on the {furn} and {rng.choice(W.VERBS_PAST)} off."]),
+        rng.choice([f"When {c.pronoun} came back, {n}'s {o} was gone.", f"Later {n} saw that {p} {o} was gone."]),
+        rng.choice([f"{n} looked for {p} {o} in the {place2}, but it was not there.",
+                    f"{n} searched the {place2} for {p} {o}, but found nothing."]),
+        *([rng.choice([f"So {c.pronoun} went to ask the {friend.role} named {friend.name}.",
+                       f"Then {n} ran to find the {friend.role} named {friend.name}."]),
+           f"\"Have you seen my {o}?\" {n} {rng.choice(W.SPEECH_VERBS)}. "
+           f"\"{rng.choice(['Look under the ', 'I saw it by the '])}{furn}.\" {friend.name} {rng.choice(W.SPEECH_VERBS)}."]
+          if friend else []),
+        rng.choice([f"At last {n} found {p} {o} under the {furn}.", f"In the end {n}'s {o} was right there, under the {furn}."]),
+        rng.choice([f"{n} was so {rng.choice(W.FEELINGS)} that {c.pronoun} {rng.choice(W.VERBS_PAST)} all the way home.",
+                    f"From then on {n} never let go of {p} {o}."]),
+    ]
+
+
+def journey(rng: random.Random, s: Setting, c: Character, friend: Character | None) -> list[str]:
+    n = c.name
+    goal, past, rest = rng.sample(W.PLACES, 3)
+    return [
+        rng.choice([f"One {rng.choice(W.TIMES)}, {n} set off for the {goal}.",
+                    f"{n} decided to walk to the {goal} before {rng.choice(W.TIMES)}."]),
+        rng.choice([f"First {c.pronoun} crossed the {past}, where a {rng.choice(W.ANIMALS)} {rng.choice(W.VERBS_PAST)}.",
+                    f"The road went past the {past} and its {rng.choice(W.TREES)} trees."]),
+        rng.choice([f"Halfway there, {rng.choice(W.WEATHER)}.", f"Halfway there, {n} stopped to eat some {rng.choice(W.FOODS)}."]),
+        rng.choice([f"Next {n} reached the {rest} and rested by the {rng.choice(W.FURNITURE)}.",
+                    f"After the {rest}, the road grew {rng.choice(W.SCENERY_ADJECTIVES)}."]),
+        *([rng.choice([f"There {c.pronoun} met the {friend.role} named {friend.name}.",
+                       f"At the {rest} the {friend.role} named {friend.name} was waiting."]),
+           f"\"{rng.choice(['Where are you going?', 'Can I come too?', 'You look tired!'])}\" {friend.name} "
+           f"{rng.choice(W.SPEECH_VERBS)}. \"To the {goal},\" {n} {rng.choice(W.SPEECH_VERBS)}."] if friend else []),
+        rng.choice([f"By {rng.choice(W.TIMES)} {n} was at the {goal} at last.", f"Finally the {goal} came into view."]),
+        rng.choice([f"{n} sat down and told everyone about the trip.", f"That night {n} slept {rng.choice(W.ADVERBS)}."]),
+    ]
+
+
+def feast(rng: random.Random, s: Setting, c: Character, friend: Character | None) -> list[str]:
+    n = c.name
+    f1, f2, f3 = rng.sample(W.FOODS, 3)
+    return [
+        rng.choice([f"One {rng.choice(W.TIMES)}, {n} wanted to cook a feast.",
+                    f"{n} decided to make dinner for the whole {s.place}."]),
+        rng.choice([f"{cap(c.pronoun)} bought {f1} and {f2} at the {rng.choice(W.PLACES)}.",
+                    f"First {n} gathered some {f1} and some {f2}."]),
+        rng.choice([f"Then {c.pronoun} chopped the {f1} on the {rng.choice(W.FURNITURE)}.",
+                    f"Then {n} washed the {f2} in the {rng.choice(W.PLACES)} stream."]),
+        rng.choice([f"But there was no {f3} left.", f"But the {f3} had gone bad."]),
+        *([rng.choice([f"So {n} asked the {friend.role} named {friend.name} for some {f3}.",
+                       f"Luckily the {friend.role} named {friend.name} came by with some {f3}."])] if friend else []),
+        rng.choice([f"Soon the smell of {f1} and {f3} filled the {s.place}.", f"The pot bubbled {rng.choice(W.ADVERBS)} for an hour."]),
+        rng.choice(["Everyone ate until the plates were empty.",
+                    f"{n} was {rng.choice(W.FEELINGS)}, because the feast was a success."]),
+    ]
+
+
+def repair(rng: random.Random, s: Setting, c: Character, friend: Character | None) -> list[str]:
+    n, p = c.name, c.possessive
+    broken, tool = rng.choice(W.FURNITURE), rng.choice(W.WORK_THINGS)
+    return [
+        rng.choice([f"One {rng.choice(W.TIMES)}, a storm came over the {s.place}.", f"That {rng.choice(W.TIMES)} the wind blew hard."]),
+        rng.choice([f"In the morning {n} saw that the {broken} was broken.", f"The storm had broken {n}'s {c.obj}."]),
+        rng.choice([f"{n} fetched some {tool} from the {rng.choice(W.PLACES)}.", f"{cap(c.pronoun)} needed {tool} to fix it."]),
+        *([rng.choice([f"The {friend.role} named {friend.name} came to help.",
+                       f"{n} asked the {friend.role} named {friend.name} to hold the {tool}."])] if friend else []),
+        rng.choice([f"All {rng.choice(W.TIMES)} {n} worked {rng.choice(W.ADVERBS)}.", f"It took {rng.randint(2, 9)} hours of hard work."]),
+        rng.choice([f"At last it was as good as new.", f"When it was done, {n} {rng.choice(W.VERBS_PAST)} with joy."]),
+    ]
+
+
+PLOTS = (lost_object, journey, feast, repair)
+
+
+def episode(b: "StoryBuilder", hero: Character) -> None:
+    """One plot about hero, beat by beat, now and then interrupted by a sentence of scenery."""
+    others = [c for c in b.introduced if c is not hero]
+    friend = b.rng.choice(others) if others and b.rng.random() < 0.7 else None
+    for sentence in b.rng.choice(PLOTS)(b.rng, b.setting, hero, friend):
+        b.add(sentence)
+        if b.rng.random() < 0.2:
+            b.add(scenery(b.rng, b.setting) if b.rng.random() < 0.7 else time_passes(b.rng))
+
+
 # ---- stories -----------------------------------------------------------------------------------------
 
 @dataclass
@@ -377,9 +470,10 @@ def new_story(rng: random.Random, n_characters: int) -> StoryBuilder:
 def story(seed: int, words: int | None = None) -> str:
     """One story, the same for the same seed: about `words` words (default: drawn from 80 to 400).
 
-    The story runs in scenes; each scene follows one or two of the characters, so a character can drop out
-    for a long stretch and come back with a name or object recall. Most stories also tell a list of things
-    early and repeat it word for word later, and carry a chant repeated up to three times.
+    The story opens with a plot about its first character (an episode: beats in a fixed order), then runs in
+    episodes and scenes; a scene follows one or two of the characters, so a character can drop out for a long
+    stretch and come back with a name or object recall. Most stories also tell a list of things after the
+    first episode and repeat it word for word later, and carry a chant repeated up to three times.
     """
     rng = random.Random(seed)
     b = new_story(rng, rng.choice([2, 3, 3, 4]))
@@ -387,6 +481,7 @@ def story(seed: int, words: int | None = None) -> str:
     b.introduce(b.cast[0])
     if rng.random() < 0.7:
         b.introduce(b.cast[1])
+    episode(b, b.cast[0])
     retold = None
     if rng.random() < 0.6:
         told, retold = list_telling(rng, b.setting)
@@ -406,10 +501,13 @@ def story(seed: int, words: int | None = None) -> str:
         pending = [c for c in b.cast if c not in b.introduced]
         if pending and rng.random() < 0.25:
             b.introduce(pending[0])
-        known = b.introduced
-        scene = rng.sample(known, min(len(known), rng.choice([1, 1, 2])))
-        for _ in range(rng.randint(2, 6)):
-            b.event(scene)
+        if rng.random() < 0.4:
+            episode(b, rng.choice(b.introduced))
+        else:
+            known = b.introduced
+            scene = rng.sample(known, min(len(known), rng.choice([1, 1, 2])))
+            for _ in range(rng.randint(2, 6)):
+                b.event(scene)
     if retold:
         b.add(retold)
     if chant_left:
