@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import continuations
+from .checks import check_int
 from .data import recall, stories
 from .generate import generate
 from .model.moe import Router
@@ -149,6 +150,7 @@ def continuation_quality(model, tok: Tokenizer, n: int = 50, max_new_tokens: int
     """Continuations of n held-out story openings (greedy by default), measured against the stories' own
     (ds_core.continuations) -> {model: summary, corpus: summary, tokens: max_new_tokens, temperature,
     samples: [{opening, model, story}]}."""
+    check_int("n", n, 1)
     rows = []
     for opening, story in continuations.held_out_openings(n):
         text = "".join(s.text for s in generate(model, tok, opening, temperature=temperature, seed=seed,
@@ -273,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the full results here")
     args = parser.parse_args(argv)
     try:
+        for flag in ("per_bucket", "stories", "openings"):
+            check_int("--" + flag.replace("_", "-"), getattr(args, flag), 1)
         backend = backend_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

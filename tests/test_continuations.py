@@ -50,3 +50,10 @@ def test_story_continuation_is_the_next_tokens_of_the_story():
     cont = story_continuation(tok, opening, story, 20)
     assert story.startswith(opening + cont)
     assert len(tok.encode(opening + cont)) == len(tok.encode(opening)) + 20
+
+
+def test_continuation_quality_refuses_no_openings_before_generating():
+    from ds_core.eval import continuation_quality
+
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
+        continuation_quality(model=None, tok=None, n=0)

@@ -1,4 +1,4 @@
-"""python -m ds_core.eval: attention options are checked before anything loads, with a one-line error."""
+"""python -m ds_core.eval: options are checked before anything loads, with a one-line error."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from ds_core import eval as evaluation
     (["--window", "8", "--sinks", "-1"], "n_global must be an integer >= 0, got -1"),
     (["--attn-temperature", "0"], "attention temperature τ_attn must be a finite number > 0"),
     (["--window", "8", "--dsa-top-k", "4"], "choose one of --window and --dsa-top-k"),
+    (["--openings", "0"], "--openings must be an integer >= 1, got 0"),
+    (["--per-bucket", "-1"], "--per-bucket must be an integer >= 1, got -1"),
+    (["--stories", "0"], "--stories must be an integer >= 1, got 0"),
 ])
-def test_bad_attention_options_exit_2_with_the_reason(argv, message, capsys):
+def test_bad_options_exit_2_with_the_reason(argv, message, capsys):
     assert evaluation.main(argv) == 2
     assert message in capsys.readouterr().err
 
