@@ -86,11 +86,13 @@ def continuation_section(greedy: dict, sampled: dict, skip: int, shown: int = 4)
              *[f"| {label} | {greedy['model'][key]:.0%} | {sampled['model'][key]:.0%} | {greedy['corpus'][key]:.0%} |"
                for key, label in evaluation.CONTINUATION_MEASURES.items()], ""]
     if greedy["model"]["loops"] > greedy["corpus"]["loops"] + 0.1:
-        lines += ["Greedy decoding loops where the stories do not. This corpus draws each sentence independently "
-                  "of the one before, so the likeliest next sentence is much the same at every point of a story; "
-                  "greedy decoding always takes the likeliest token, so it says that sentence again, and copying "
-                  "from context (which recall needs) makes the repeat likelier still. Sampling does not always "
-                  "take the likeliest token (lesson 02 compares the two).", ""]
+        lines += ["Greedy decoding loops where the stories do not: it always takes the likeliest token, so "
+                  "wherever the likeliest next sentence is the one just said, it says it again, and copying from "
+                  "context (which recall needs) makes the repeat likelier still. Sampling does not always take "
+                  "the likeliest token (lesson 02 compares the two).", ""]
+    else:
+        lines += ["Greedy decoding does not loop here because the stories' plots tell their beats in a fixed "
+                  "order, so the likeliest next sentence moves the story on (`ds_core/data/stories.py`).", ""]
     lines += [f"Openings {skip + 1} to {skip + shown}, continued greedily (the first {skip} are under Samples):", ""]
     for row in greedy["samples"][skip:skip + shown]:
         lines += [f"- **{row['opening']}** …{row['model'].strip()}"]
@@ -167,7 +169,9 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
         "## Data and training", "",
         f"- **Corpus** (`ds_core/data/stories.py`): seeded English short stories with named characters, their "
         "belongings, places and dialogue; a character's name and object are introduced early and referred "
-        "back to later, sometimes hundreds of tokens later. Splits by seed: train, validation and test never "
+        "back to later, sometimes hundreds of tokens later. Each story opens with a short plot about its first "
+        "character (a lost object, a journey, a feast, a repair) told in beats that always come in the same "
+        "order, then alternates such plots with scenes. Splits by seed: train, validation and test never "
         f"share a story. Training used {tc['train_stories']:,} stories. Most stories also carry a chant of "
         "words drawn at random, told once and repeated word for word later: only copying predicts it.",
         f"- **Tokenizer** (`ds_core/data/bpe.py`): byte-level BPE with {cfg.vocab_size:,} tokens, trained with "

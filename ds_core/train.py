@@ -51,7 +51,7 @@ class TrainConfig:
     vocab_size: int = 4096
     seq_len: int = 512
     batch_size: int = 12
-    steps: int = 3000
+    steps: int = 4500
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup: int = 100

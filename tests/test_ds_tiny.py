@@ -80,11 +80,6 @@ def test_every_expert_gets_a_fair_share(quality):
         assert all(0.03 <= s <= 0.30 for s in shares), (layer, shares)
 
 
-GREEDY_GAP = ("issue 3 is open on this: greedy decoding of ds-tiny loops, because its corpus draws each sentence "
-              "independently of the one before (see the model card)")
-
-
-@pytest.mark.xfail(strict=True, reason=GREEDY_GAP)
 def test_greedy_continuations_stay_on_their_characters(quality):
     """The issue's bar: greedy continuations of held-out openings come back to the opening's characters about
     as often as the stories themselves do (within 10 points), and name them as large a share of the time."""
@@ -93,7 +88,6 @@ def test_greedy_continuations_stay_on_their_characters(quality):
     assert model["cast_share"] >= stories_own["cast_share"] - 0.1, (model, stories_own)
 
 
-@pytest.mark.xfail(strict=True, reason=GREEDY_GAP)
 def test_greedy_continuations_are_fluent(quality):
     """The issue's bar: greedy continuations read fluently; a loop ("clover, clover", a sentence said twice
     in a row), which the stories almost never contain, does not."""

@@ -14,9 +14,15 @@ an induction head does).
 `recall.py` cuts stories at exactly those points to measure recall by distance. Everything else (scenery,
 errands, weather, conversation) is drawn from many templates and word lists, so the text is varied.
 
-Most stories also carry a chant: a string of words drawn at random ("plum softly river goose ..."), said once
-and repeated word for word later, sometimes several times. Nothing but the earlier telling predicts its words,
-so it pays a model to learn to copy from context early in training; the recall cues above need the same skill.
+A story opens with an episode about its first character alone: a short plot (a lost object, a journey, a feast,
+a repair) told in beats that always come in the same order. Episodes and scenes then alternate. Sentences drawn
+independently of each other would make the likeliest next sentence the same everywhere, and greedy decoding
+would repeat it forever; beats in order make the likeliest next sentence move the story on.
+
+Most stories also carry a chant: different words drawn at random, in alphabetical order ("goose plum river
+softly ..."), said once and repeated word for word later, sometimes several times. Nothing but the earlier
+telling predicts which words, so it pays a model to learn to copy from context early in training; the recall
+cues above need the same skill. Lists of things are told the same way, and retold once.
 """
 
 from __future__ import annotations
