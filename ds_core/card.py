@@ -191,7 +191,8 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
            "suddenly, after a loss plateau that is long for small batches); the guide shapes where those heads "
            "look, and the language-modelling loss alone decides what the model does with it. The "
            "architecture is unchanged."] if tc.get("guide_weight") else []),
-        f"- **Time:** {seconds / 60:.0f} minutes of training steps on the machine that trained it.", "",
+        f"- **Time:** {seconds / 60:.0f} minutes of training steps ({tokens / seconds:,.0f} tokens/s on average) on "
+        "the machine that trained it.", "",
         "![loss curve](loss_curve.png)", "",
         "## Evaluation", "",
         "`python -m ds_core.eval --model assets/ds-tiny` (fp32, dense attention, greedy).", "",
