@@ -91,7 +91,7 @@ def continuation_section(greedy: dict, sampled: dict, skip: int, shown: int = 4)
                   "context (which recall needs) makes the repeat likelier still. Sampling does not always take "
                   "the likeliest token (lesson 02 compares the two).", ""]
     else:
-        lines += ["Greedy decoding does not loop here because the stories' plots tell their beats in a fixed "
+        lines += ["Greedy decoding loops hardly more than the stories do: their plots tell their beats in a fixed "
                   "order, so the likeliest next sentence moves the story on (`ds_core/data/stories.py`).", ""]
     lines += [f"Openings {skip + 1} to {skip + shown}, continued greedily (the first {skip} are under Samples):", ""]
     for row in greedy["samples"][skip:skip + shown]:

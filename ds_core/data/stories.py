@@ -334,9 +334,7 @@ def chant_telling(rng: random.Random, b: "StoryBuilder") -> tuple[str, Callable[
 
 
 # ---- plots -------------------------------------------------------------------------------------------
-# An episode is a short plot told in order: each beat is one sentence, and the beats always come in the same
-# order. Independent sentences make the likeliest next sentence the same everywhere, which greedy decoding then
-# repeats forever; beats in order make it move on, as a story does.
+# Each plot is a list of beats, one sentence each, always in this order (why: the module docstring).
 
 def lost_object(rng: random.Random, s: Setting, c: Character, friend: Character | None) -> list[str]:
     p, n, o = c.possessive, c.name, c.obj
