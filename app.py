@@ -32,7 +32,8 @@ def build_app(model_path: str | Path, model=None):
     import torch
 
     from ds_core import DeepSeekModel
-    from ds_core.inspect import human_count, param_summary
+    from ds_core.evaluation.sizes import param_summary
+    from ds_core.viz.text import human_count
     from ds_core.ui import AppContext
 
     path = Path(model_path)

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- subcommands ------------------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
     from .generate import SamplingParams
-    from .inspect import format_generation_stats, generation_stats
+    from .generate import format_generation_stats, generation_stats
 
     # Check the cheap things before loading anything.
     try:
@@ -103,7 +103,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect import report
+    from .evaluation.sizes import report
     print(report(args.path, dtype=args.dtype))
     return 0
 

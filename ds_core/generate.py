@@ -207,3 +207,24 @@ def generate_batch(model, tok: Tokenizer, prompts: list[str], *, temperature: fl
                 out[row].append(t)
                 finished[row] = t in eos_ids
     return out
+
+
+# ---- generation timing ----------------------------------------------------------------------------------
+def generation_stats(steps: list) -> dict[str, float]:
+    """From the ds_core.generate Steps of one run: tokens, seconds, tokens/s, time to first token, decode rate.
+
+    tokens_per_s counts every generated token over the whole time (prefill included); decode_tokens_per_s
+    leaves out the first token and the prefill that produced it.
+    """
+    if not steps:
+        return {"tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0, "ttft_s": 0.0, "decode_tokens_per_s": 0.0}
+    n, total, ttft = len(steps), steps[-1].elapsed, steps[0].seconds
+    decode = total - ttft
+    return {"tokens": n, "seconds": total, "tokens_per_s": n / total if total > 0 else float("inf"),
+            "ttft_s": ttft, "decode_tokens_per_s": (n - 1) / decode if n > 1 and decode > 0 else 0.0}
+
+
+def format_generation_stats(stats: dict[str, float]) -> str:
+    """'64 tokens, 12.3 tokens/s (time to first token 0.05 s)'."""
+    return (f"{stats['tokens']} tokens, {stats['tokens_per_s']:.1f} tokens/s "
+            f"(time to first token {stats['ttft_s']:.2f} s, decode {stats['decode_tokens_per_s']:.1f} tokens/s)")

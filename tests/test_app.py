@@ -25,7 +25,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import app  # noqa: E402
-from ds_core import DeepSeekModel, inspect  # noqa: E402
+from ds_core import DeepSeekModel  # noqa: E402
+from ds_core.evaluation import sizes  # noqa: E402
+from ds_core.viz.text import human_bytes  # noqa: E402
 
 
 def _free_port() -> int:
@@ -52,13 +54,13 @@ def served(tiny_checkpoint):
 def test_kv_cache_endpoint_matches_inspect(served, tiny_checkpoint, dtype):
     client, _ = served
     plot, table = client.predict(dtype, api_name="/kv_cache")
-    kv = inspect.kv_cache_summary(tiny_checkpoint, dtype)
+    kv = sizes.kv_cache_summary(tiny_checkpoint, dtype)
 
     assert plot["type"] == "plotly"
     fig = json.loads(plot["plot"])
     (bar,) = fig["data"]
     assert bar["type"] == "bar" and bar["y"] == [kv["naive_bytes"], kv["latent_bytes"]]
-    assert bar["text"] == [inspect.human_bytes(kv["naive_bytes"]), inspect.human_bytes(kv["latent_bytes"])]
+    assert bar["text"] == [human_bytes(kv["naive_bytes"]), human_bytes(kv["latent_bytes"])]
     layout = fig["layout"]
     assert "bytes per token" in layout["yaxis"]["title"]["text"] and dtype in layout["yaxis"]["title"]["text"]
     assert layout["xaxis"]["title"]["text"]
@@ -76,7 +78,7 @@ def test_bad_dtype_gets_a_clear_error_and_the_app_keeps_serving(served, tiny_che
     with pytest.raises(gradio_client.exceptions.AppError, match=r"dtype must be one of fp32, bf16, fp16, got"):
         client.predict(bad, api_name="/kv_cache")
     plot, _ = client.predict("bf16", api_name="/kv_cache")
-    kv = inspect.kv_cache_summary(tiny_checkpoint, "bf16")
+    kv = sizes.kv_cache_summary(tiny_checkpoint, "bf16")
     assert json.loads(plot["plot"])["data"][0]["y"] == [kv["naive_bytes"], kv["latent_bytes"]]
 
 
@@ -104,12 +106,12 @@ def test_tensor_table_lists_every_state_dict_tensor_once(served, tiny_checkpoint
         seen.update(names)
         for n in names:
             assert shape == str(list(state[n].shape)), n
-            assert dtype == inspect.DTYPE_NAMES[str(state[n].dtype).removeprefix("torch.")], n
+            assert dtype == sizes.DTYPE_NAMES[str(state[n].dtype).removeprefix("torch.")], n
         assert params == count * state[names[0]].numel()
     assert seen == Counter(list(state))  # every tensor, each exactly once
     assert len(table["data"]) < len(state)  # experts folded: layers.1.mlp.experts.{0..7}.gate_proj.weight
     assert ["layers.1.mlp.experts.{0..7}.gate_proj.weight", "[24, 64]", "fp32", 8, 8 * 24 * 64] in table["data"]
-    assert sum(r[4] for r in table["data"]) == inspect.param_summary(tiny_checkpoint)["total"]
+    assert sum(r[4] for r in table["data"]) == sizes.param_summary(tiny_checkpoint)["total"]
 
     experts3 = client.predict("experts.3", api_name="/tensors")["data"]  # matches a member of a folded row
     assert experts3 and all(".experts.{0..7}." in r[0] for r in experts3)
@@ -129,14 +131,14 @@ def test_weight_table_folds_experts_and_spots_tied_weights():
     state = {"embed_tokens.weight": emb, "layers.0.mlp.experts.0.w": torch.zeros(2, 3),
              "layers.0.mlp.experts.2.w": torch.zeros(2, 3), "layers.0.mlp.experts.5.w": torch.zeros(2, 3),
              "layers.0.mlp.experts.7.w": torch.zeros(3, 3, dtype=torch.bfloat16), "lm_head.weight": emb}
-    rows = inspect.weight_table(state)
+    rows = sizes.weight_table(state)
     assert [(r["name"], r["count"], r["dtype"], r["tied_to"]) for r in rows] == [
         ("embed_tokens.weight", 1, "fp32", None),
         ("layers.0.mlp.experts.{0,2,5}.w", 3, "fp32", None),
         ("layers.0.mlp.experts.7.w", 1, "bf16", None),
         ("lm_head.weight", 1, "fp32", "embed_tokens.weight"),
     ]
-    assert inspect.weight_totals(rows) == {"rows": 4, "tensors": 6, "params": 40 + 18 + 9}
+    assert sizes.weight_totals(rows) == {"rows": 4, "tensors": 6, "params": 40 + 18 + 9}
 
 
 def test_bad_model_path_exits_2_with_one_clear_line():

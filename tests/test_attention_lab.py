@@ -1,5 +1,5 @@
 """The attention lab: the rolling KV cache of window decoding (same tokens as the full cache, constant memory)
-and the measurements of ds_core.attention_lab (entropy, sharpness against τ_attn, divergence from dense, the sweep,
+and the measurements of ds_core.labs.attention (entropy, sharpness against τ_attn, divergence from dense, the sweep,
 the fraction of scores computed)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import make_reference
-from ds_core import attention_lab as lab
+from ds_core.labs import attention as lab
 from ds_core.attention import DenseAttention, WindowAttention
 from ds_core.cache import LatentCache, NaiveCache, RollingLatentCache, RollingNaiveCache, new_cache
 from ds_core.generate import SamplingParams, generate_ids, left_pad

@@ -20,7 +20,7 @@ import app  # noqa: E402
 from ds_core import DeepSeekModel, Tokenizer  # noqa: E402
 from ds_core.attention import DenseAttention, DSAAttention, WindowAttention  # noqa: E402
 from ds_core.attention.dsa import IndexerStack  # noqa: E402
-from ds_core.attention_lab import fraction_computed, row_entropy, sharpness  # noqa: E402
+from ds_core.labs.attention import fraction_computed, row_entropy, sharpness  # noqa: E402
 from ds_core.generate import SamplingParams, generate, next_token_probs  # noqa: E402
 from ds_core.ui import attention_tab  # noqa: E402
 
@@ -111,7 +111,7 @@ def test_window_costs_less_and_loses_something_dense_loses_nothing(client):
 
 
 def test_dsa_without_indexer_says_how_to_train_one(client, tiny_checkpoint):
-    with pytest.raises(AppError, match=r"no trained indexer.*python -m ds_core\.train_indexer --model"):
+    with pytest.raises(AppError, match=r"no trained indexer.*python -m ds_core train-indexer --model"):
         client.predict(PROMPT, "dsa", 4, 1, "", 3, 1.0, 0, 0, api_name="/attention")
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from ds_core import DeepSeekModel, ModelConfig, Tokenizer, generate
 from ds_core.__main__ import main
-from ds_core.inspect import human_count
+from ds_core.viz.text import human_count
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -214,8 +214,9 @@ def test_deepseek_v2_sizes():
 
 
 def test_inspect_numbers_for_v3():
-    """ds_core.inspect reports the same numbers, from a config alone."""
-    from ds_core.inspect import human_count, kv_cache_summary, param_summary
+    """ds_core.evaluation.sizes reports the same numbers, from a config alone."""
+    from ds_core.evaluation.sizes import kv_cache_summary, param_summary
+    from ds_core.viz.text import human_count
 
     cfg = ModelConfig.from_hf(copy.deepcopy(DEEPSEEK_V3))
     p = param_summary(cfg)

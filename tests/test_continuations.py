@@ -1,4 +1,4 @@
-"""ds_core.continuations: the measures behind 'greedy continuations stay on their characters'."""
+"""ds_core.evaluation.continuations: the measures behind 'greedy continuations stay on their characters'."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ds_core import Tokenizer
-from ds_core.continuations import held_out_openings, loops, names_in, story_continuation, summarize
+from ds_core.evaluation.continuations import held_out_openings, loops, names_in, story_continuation, summarize
 from ds_core.data import stories
 
 TINY = Path(__file__).resolve().parents[1] / "assets" / "ds-tiny"
@@ -53,7 +53,7 @@ def test_story_continuation_is_the_next_tokens_of_the_story():
 
 
 def test_continuation_quality_refuses_no_openings_before_generating():
-    from ds_core.eval import continuation_quality
+    from ds_core.evaluation.quality import continuation_quality
 
     with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
         continuation_quality(model=None, tok=None, n=0)

@@ -1,7 +1,7 @@
 """The shipped model, assets/ds-tiny: transformers loads it and agrees, and it meets the quality bar.
 
-The quality figures are measured here with ds_core.eval (test split, greedy, fp32, dense attention); the
-model card shows the same measurements, written by `python -m ds_core.card`.
+The quality figures are measured here with ds_core.evaluation.quality (test split, greedy, fp32, dense attention); the
+model card shows the same measurements, written by `python -m ds_core card`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ds_core import DeepSeekModel, Tokenizer
-from ds_core import eval as evaluation
+from ds_core.evaluation import quality as evaluation
 from ds_core.data import stories
 
 PATH = Path(__file__).resolve().parents[1] / "assets" / "ds-tiny"

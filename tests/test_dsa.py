@@ -59,7 +59,7 @@ def test_bad_top_k_raises(top_k):
 
 
 def test_missing_indexer_says_how_to_train_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"python -m ds_core.train_indexer --model"):
+    with pytest.raises(FileNotFoundError, match=r"python -m ds_core train-indexer --model"):
         DSAAttention(tmp_path, top_k=4)
     with pytest.raises(RuntimeError, match="observe"):  # called without the model's hook
         DSAAttention(IndexerStack(1, 8), 4)(*qkv(1, 2, 2, 5, 5), torch.arange(5)[None], torch.arange(5)[None],
@@ -163,7 +163,7 @@ def test_indexer_save_load_round_trip(tmp_path, stack):
 def test_training_lowers_the_kl_and_writes_files_both_loaders_accept(tiny_checkpoint, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
-    from ds_core.train_indexer import main
+    from ds_core.training.train_indexer import main
 
     path = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, path)

@@ -1,11 +1,11 @@
-"""python -m ds_core.eval: options are checked before anything loads, with a one-line error."""
+"""python -m ds_core eval: options are checked before anything loads, with a one-line error."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ds_core import eval as evaluation
+from ds_core.evaluation import quality as evaluation
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -24,7 +24,7 @@ def test_bad_options_exit_2_with_the_reason(argv, message, capsys):
 
 def test_dsa_without_a_trained_indexer_says_how_to_train_one(tmp_path, capsys):
     assert evaluation.main(["--model", str(tmp_path), "--dsa-top-k", "8"]) == 2
-    assert f"python -m ds_core.train_indexer --model {tmp_path}" in capsys.readouterr().err
+    assert f"python -m ds_core train-indexer --model {tmp_path}" in capsys.readouterr().err
 
 
 def test_induction_score_sees_a_model_that_copies():

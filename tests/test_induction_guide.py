@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ds_core import DeepSeekModel
-from ds_core.induction_guide import InductionGuide, copy_targets
+from ds_core.training.induction_guide import InductionGuide, copy_targets
 
 
 def brute_force_targets(ids: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""ds_core.mla_lab: KV-cache bytes per token computed from configs equal the bytes of real caches; the published
+"""ds_core.labs.mla: KV-cache bytes per token computed from configs equal the bytes of real caches; the published
 DeepSeek configs give their known sizes; K and V rebuilt from the latent cache are the ones naive MLA computes;
 decode_speed times both MLA implementations on caches of the asked length."""
 
@@ -12,8 +12,9 @@ import torch
 
 from ds_core import DeepSeekModel
 from ds_core.checkpoint import read_config
-from ds_core.inspect import kv_cache_summary
-from ds_core.mla_lab import (DEEPSEEK_67B, REFERENCE_CONFIGS, by_context, cache_bytes_by_context,
+from ds_core.evaluation.sizes import kv_cache_summary
+from ds_core.labs.published import DEEPSEEK_67B, REFERENCE_CONFIGS
+from ds_core.labs.mla import (by_context, cache_bytes_by_context,
                              cache_numbers_per_layer, decode_speed, gqa_kv_heads, kv_bytes_by_model,
                              kv_bytes_per_token, latent_and_reconstruction, measured_bytes_per_token,
                              with_references)

@@ -1,5 +1,5 @@
 """The MLA & KV cache tab through gradio_client: the heatmaps are the cached latent and the K and V naive MLA
-computes, the bars and tables are ds_core.mla_lab's figures for each model, the decode-speed table times real
+computes, the bars and tables are ds_core.labs.mla's figures for each model, the decode-speed table times real
 caches of the asked lengths, and bad input gets a message."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queue
 from tab_helpers import figure  # noqa: E402
 
 from ds_core import DeepSeekModel, Tokenizer  # noqa: E402
-from ds_core.inspect import kv_cache_summary  # noqa: E402
-from ds_core.mla_lab import SCHEMES, cache_bytes_by_context, kv_bytes_by_model, with_references  # noqa: E402
+from ds_core.evaluation.sizes import kv_cache_summary  # noqa: E402
+from ds_core.labs.mla import SCHEMES, cache_bytes_by_context, kv_bytes_by_model, with_references  # noqa: E402
 from ds_core.ui import mla_tab  # noqa: E402
 
 AppError = gradio_client.exceptions.AppError

@@ -1,4 +1,4 @@
-"""The MoE lab (ds_core.moe_lab): the routing statistics are the Router's own and add up, the step-by-step view
+"""The MoE lab (ds_core.labs.moe): the routing statistics are the Router's own and add up, the step-by-step view
 equals both our Router's output and transformers' router on the same input, and the interventions change the
 model's output and then put the model back exactly."""
 
@@ -9,9 +9,9 @@ import torch
 
 from conftest import CONFIGS
 from ds_core import DeepSeekModel, Tokenizer
-from ds_core import moe_lab as lab
+from ds_core.labs import moe as lab
 from ds_core.attention import WindowAttention
-from ds_core.eval import RunOptions, perplexity
+from ds_core.evaluation.quality import RunOptions, perplexity
 from ds_core.model.moe import Router
 
 NAMES = list(CONFIGS)

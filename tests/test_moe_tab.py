@@ -1,4 +1,4 @@
-"""The MoE routing tab through gradio_client: every picture and number is the engine's (ds_core.moe_lab.route on
+"""The MoE routing tab through gradio_client: every picture and number is the engine's (ds_core.labs.moe.route on
 the same prompt, measure_interventions with the same settings), bad input gets a clear error, and the tab keeps
 serving."""
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queue
 from tab_helpers import figure, served  # noqa: E402
 
 from ds_core import DeepSeekModel, Tokenizer  # noqa: E402
-from ds_core import moe_lab  # noqa: E402
+from ds_core.labs import moe as moe_lab  # noqa: E402
 from ds_core.ui import moe_tab  # noqa: E402
 
 AppError = gradio_client.exceptions.AppError

@@ -11,7 +11,7 @@ import torch
 from ds_core import DeepSeekModel
 from ds_core.__main__ import main
 from ds_core.attention import WindowAttention
-from ds_core.attention_lab import fraction_computed
+from ds_core.labs.attention import fraction_computed
 from ds_core.perf.prefill_bench import (Comparison, Run, compare, format_table, measure,
                                         memory_method, prefill_run, random_ids)
 

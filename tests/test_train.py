@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ds_core import DeepSeekModel, Tokenizer
-from ds_core.train import TrainConfig, train
+from ds_core.training.train import TrainConfig, train
 
 
 def small(tmp_path, **kw) -> TrainConfig:
@@ -61,7 +61,7 @@ def test_resume_continues_exactly(tmp_path, trained):
 FAULTS = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
-    from ds_core.train import keep_freed_memory
+    from ds_core.training.train import keep_freed_memory
     keep_freed_memory()
 torch.ones(25_000_000).sum()  # 100 MB: the first allocation faults its pages in either way
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -20,7 +20,7 @@ full forward pass would. A cache must therefore be used with one DSAAttention fr
 
 The indexer weights live beside the checkpoint (indexer.safetensors + indexer_config.json), not in
 model.safetensors, so transformers loads the directory as before. Train them with
-`python -m ds_core.train_indexer --model PATH`.
+`python -m ds_core train-indexer --model PATH`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from ..cache import GrowingTensor
 from .dense import DenseAttention, check_temperature
 
 WEIGHTS_FILE, CONFIG_FILE = "indexer.safetensors", "indexer_config.json"
-TRAIN_COMMAND = "python -m ds_core.train_indexer --model {path}"
+TRAIN_COMMAND = "python -m ds_core train-indexer --model {path}"
 
 
 # ---- the indexer ----------------------------------------------------------------------------------------

@@ -1,1 +1,2 @@
-"""Performance lab: measurements of the running engine (decode speed against transformers, ...)."""
+"""Speed: the benchmarks (decode against transformers, naive vs absorbed MLA, dense vs window prefill) and the fast
+paths (compiled decode, gathered MoE experts), each tested equal to the reference path it replaces."""

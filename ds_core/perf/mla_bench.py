@@ -5,7 +5,7 @@
 
 For each context length the model prefills that many random token ids into a NaiveCache (per-head K and V)
 and a LatentCache (MLA's c_KV and rope key), then times bursts of greedy single-token decode steps on each,
-alternating the two (ds_core.mla_lab.decode_speed); the median burst is reported, with the cache bytes measured
+alternating the two (ds_core.labs.mla.decode_speed); the median burst is reported, with the cache bytes measured
 after the prefill. Contexts longer than the model's max_position_embeddings are decoded all the same (rope has
 no limit; the model is just untrained there, which does not change the work a step does).
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..inspect import human_bytes
-from ..mla_lab import by_context, decode_speed
+from ..viz.text import human_bytes
+from ..labs.mla import by_context, decode_speed
 from ..model import DeepSeekModel
 from .command import add_model_argument, print_report, torch_threads
 

@@ -50,7 +50,7 @@ import torch
 from ..attention import DenseAttention, WindowAttention, get_backend
 from ..checks import check_int
 from ..cache import new_cache
-from ..inspect import table
+from ..viz.text import table
 from ..model import DeepSeekModel
 from .command import add_model_argument, print_report, torch_threads
 
@@ -298,7 +298,7 @@ def run(model_dir: str | Path, lengths: list[int], window: int, sinks: int, repe
         "",
         format_table(comparisons),
         "'scores computed': the share of dense attention's T x T scores the window backend computes "
-        "(ds_core.attention_lab.fraction_computed)",
+        "(ds_core.labs.attention.fraction_computed)",
     ] + ([f"lengths {', '.join(map(str, beyond))} exceed the model's max_position_embeddings "
           f"({cfg.max_position_embeddings}): run all the same, the work of a pass does not depend on it"]
          if beyond else []))

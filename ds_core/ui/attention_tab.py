@@ -32,7 +32,7 @@ import torch
 
 from ..attention import DenseAttention, DSAAttention, WindowAttention, check_temperature
 from ..attention.dsa import CONFIG_FILE, TRAIN_COMMAND, WEIGHTS_FILE
-from ..attention_lab import fraction_computed, next_token_divergence
+from ..labs.attention import fraction_computed, next_token_divergence
 from ..generate import generate
 from ..viz import heatmap_figure, token_label
 from . import AppContext

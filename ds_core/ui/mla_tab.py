@@ -1,6 +1,6 @@
 """The MLA & KV cache tab: what Multi-head Latent Attention keeps per token, and what that buys.
 
-From the visitor's prompt (ds_core.mla_lab does every measurement):
+From the visitor's prompt (ds_core.labs.mla does every measurement):
 - one layer's latent c_KV [T, kv_lora_rank] read back from a real LatentCache after the prefill, and one head's
   K [T, d_qk] and V [T, d_v] rebuilt from it (latent_and_reconstruction)
 - bytes per token for MHA, GQA (G key/value heads), MQA and MLA, as bars (log scale), for the loaded model and
@@ -24,8 +24,8 @@ import math
 import gradio as gr
 import torch
 
-from .. import inspect
-from ..mla_lab import (GQA_KV_HEADS, SCHEMES, by_context, cache_bytes_by_context, decode_speed, gqa_kv_heads,
+from ..evaluation import sizes
+from ..labs.mla import (GQA_KV_HEADS, SCHEMES, by_context, cache_bytes_by_context, decode_speed, gqa_kv_heads,
                        kv_bytes_by_model, latent_and_reconstruction, measured_bytes_per_token, with_references)
 from ..viz import grouped_bars_figure, heatmap_figure, lines_figure, token_label
 from . import AppContext
@@ -105,14 +105,14 @@ def build(ctx: AppContext):
     cfg = ctx.config
     here = f"this model ({ctx.path.name})"
     models = with_references(here, cfg)
-    model_dtype = inspect.dtype_name(ctx.model.dtype)
+    model_dtype = sizes.dtype_name(ctx.model.dtype)
 
     def run(prompt, layer, head, dtype, kv_heads, context_model):
         try:
             fitted = check_prompt(tok, prompt, MAX_TOKENS)
             layer = check_whole("layer", layer, 0, cfg.num_hidden_layers - 1)
             head = check_whole("head", head, 0, cfg.num_attention_heads - 1)
-            dtype = inspect.dtype_name(dtype)
+            dtype = sizes.dtype_name(dtype)
             kv_heads = whole(kv_heads)
             per_model = kv_bytes_by_model(models, dtype, kv_heads)
             if context_model not in models:
@@ -132,7 +132,7 @@ def build(ctx: AppContext):
                            y_labels=labels, height=height)
         v = heatmap_figure(lat.v[head], f"{where}: V from c_KV", "v dimension", "token", y_labels=labels,
                            height=height)
-        computed = inspect.kv_cache_summary(cfg, model_dtype)
+        computed = sizes.kv_cache_summary(cfg, model_dtype)
         measured = measured_bytes_per_token(ctx.model, ids)
         measured_rows = [["MHA (NaiveCache: per-head K and V)", computed["naive_bytes"], measured["MHA"]],
                          ["MLA (LatentCache: c_KV and k_rope)", computed["latent_bytes"], measured["MLA"]]]
@@ -178,7 +178,7 @@ def build(ctx: AppContext):
             layer = gr.Slider(0, cfg.num_hidden_layers - 1, 0, step=1, label="layer", elem_id="mla-layer")
             head = gr.Slider(0, cfg.num_attention_heads - 1, 0, step=1, label="head", elem_id="mla-head")
         with gr.Row():
-            dtype = gr.Radio(list(inspect.DTYPE_BYTES), value=DEFAULTS["dtype"], label="cache dtype",
+            dtype = gr.Radio(list(sizes.DTYPE_BYTES), value=DEFAULTS["dtype"], label="cache dtype",
                              info="bytes per cached number: fp32 4, bf16 and fp16 2", elem_id="mla-dtype")
             kv_heads = gr.Number(default_kv_heads(cfg.num_attention_heads), precision=0, label="GQA key/value heads G",
                                  info="must divide each model's heads (a model with fewer heads uses H)",

@@ -1,9 +1,9 @@
 """The Model tab: what the loaded checkpoint is, before anything runs.
 
-- architecture: the config fields that shape the model, each with a note (ds_core.inspect.architecture_rows)
-- parameters: total and active per token (ds_core.inspect.param_summary)
-- KV cache per token, naive vs latent, as a bar chart in the chosen dtype (ds_core.inspect.kv_cache_summary)
-- every weight tensor of the loaded model, routed experts folded into one row (ds_core.inspect.weight_table)
+- architecture: the config fields that shape the model, each with a note (ds_core.evaluation.sizes.architecture_rows)
+- parameters: total and active per token (ds_core.evaluation.sizes.param_summary)
+- KV cache per token, naive vs latent, as a bar chart in the chosen dtype (ds_core.evaluation.sizes.kv_cache_summary)
+- every weight tensor of the loaded model, routed experts folded into one row (ds_core.evaluation.sizes.weight_table)
 
 Events (api_name): kv_cache(dtype) -> (figure, table); tensors(filter) -> table.
 """
@@ -16,7 +16,8 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from .. import inspect
+from ..evaluation import sizes
+from ..viz.text import human_bytes, human_count
 from . import AppContext
 
 TITLE = "Model"
@@ -39,16 +40,16 @@ class ModelTab:
 
 # ---- content (plain functions of ds_core's numbers; no gradio) ----------------------------------------------
 def architecture_table(ctx: AppContext) -> list[list[str]]:
-    return [[key, str(value), note] for key, value, note in inspect.architecture_rows(ctx.config)]
+    return [[key, str(value), note] for key, value, note in sizes.architecture_rows(ctx.config)]
 
 
 def params_table(ctx: AppContext) -> list[list[str]]:
-    p = inspect.param_summary(ctx.config)
+    p = sizes.param_summary(ctx.config)
     return [
-        ["total", f"{p['total']:,}", inspect.human_count(p["total"]), "every weight (MTP layers excluded)"],
-        ["active per token", f"{p['active']:,}", inspect.human_count(p["active"]),
+        ["total", f"{p['total']:,}", human_count(p["total"]), "every weight (MTP layers excluded)"],
+        ["active per token", f"{p['active']:,}", human_count(p["active"]),
          f"{100 * p['active_fraction']:.1f}% of total (unused routed experts skipped)"],
-        ["embeddings + lm_head", f"{p['embeddings']:,}", inspect.human_count(p["embeddings"]),
+        ["embeddings + lm_head", f"{p['embeddings']:,}", human_count(p["embeddings"]),
          "embeddings, final norm, lm_head"],
         ["MoE layers", str(p["moe_layers"]), "", f"of {ctx.config.num_hidden_layers} decoder layers"],
     ]
@@ -57,9 +58,9 @@ def params_table(ctx: AppContext) -> list[list[str]]:
 def kv_cache_table(kv: dict[str, Any]) -> list[list[Any]]:
     return [
         ["naive (per-head K and V)", kv["naive_numbers_per_layer"], kv["naive_numbers"], kv["bytes_per_number"],
-         kv["naive_bytes"], inspect.human_bytes(kv["naive_bytes"])],
+         kv["naive_bytes"], human_bytes(kv["naive_bytes"])],
         ["latent (MLA c_KV + k_rope)", kv["latent_numbers_per_layer"], kv["latent_numbers"],
-         kv["bytes_per_number"], kv["latent_bytes"], inspect.human_bytes(kv["latent_bytes"])],
+         kv["bytes_per_number"], kv["latent_bytes"], human_bytes(kv["latent_bytes"])],
     ]
 
 
@@ -90,8 +91,8 @@ def tensor_rows(rows: list[dict[str, Any]], query: str = "") -> list[list[Any]]:
 
 
 def tensor_caption(ctx: AppContext, rows: list[dict[str, Any]]) -> str:
-    t = inspect.weight_totals(rows)
-    config_total = inspect.param_summary(ctx.config)["total"]
+    t = sizes.weight_totals(rows)
+    config_total = sizes.param_summary(ctx.config)["total"]
     check = ("equal to the count from config.json above" if t["params"] == config_total
              else f"config.json predicts {config_total:,}")
     tied = [f"`{r['names'][0]}` is `{r['tied_to']}` (tied, counted once)" for r in rows if r["tied_to"]]
@@ -104,14 +105,14 @@ def tensor_caption(ctx: AppContext, rows: list[dict[str, Any]]) -> str:
 def build(ctx: AppContext) -> ModelTab:
     """Lay out the Model tab; call inside `with gr.Blocks():`."""
     cfg = ctx.config
-    weights = inspect.weight_table(ctx.model.state_dict())  # the loaded model never changes: build rows once
-    start_dtype = inspect.dtype_name(ctx.model.dtype)
-    start_kv = inspect.kv_cache_summary(cfg, start_dtype)
+    weights = sizes.weight_table(ctx.model.state_dict())  # the loaded model never changes: build rows once
+    start_dtype = sizes.dtype_name(ctx.model.dtype)
+    start_kv = sizes.kv_cache_summary(cfg, start_dtype)
 
     def kv_cache(dtype: Any):
         """KV-cache bytes per token, naive vs latent, in dtype ('fp32', 'bf16' or 'fp16'): (figure, table)."""
         try:
-            kv = inspect.kv_cache_summary(cfg, dtype)
+            kv = sizes.kv_cache_summary(cfg, dtype)
         except ValueError as e:
             raise gr.Error(str(e)) from None
         return kv_cache_figure(kv, cfg.num_hidden_layers), kv_cache_table(kv)
@@ -136,7 +137,7 @@ def build(ctx: AppContext) -> ModelTab:
                 gr.Dataframe(params_table(ctx), headers=["parameters", "exact", "≈", "note"], datatype="str",
                              interactive=False, wrap=True, column_widths=["27%", "18%", "15%", "40%"])
                 gr.Markdown("### KV cache per token")
-                dtype = gr.Radio(list(inspect.DTYPE_BYTES), value=start_dtype, label="cache dtype",
+                dtype = gr.Radio(list(sizes.DTYPE_BYTES), value=start_dtype, label="cache dtype",
                                  info="bytes per cached number: fp32 4, bf16 and fp16 2")
                 kv_plot = gr.Plot(kv_cache_figure(start_kv, cfg.num_hidden_layers), show_label=False)
         kv_table = gr.Dataframe(kv_cache_table(start_kv), headers=KV_COLUMNS,

@@ -1,7 +1,7 @@
 """The MoE routing tab: how DeepSeekMoE sends each token of the visitor's prompt to its experts, and what the
 parts of the MoE are worth.
 
-For the prompt and one MoE layer, from the Router's own traced intermediates (ds_core.moe_lab.route):
+For the prompt and one MoE layer, from the Router's own traced intermediates (ds_core.labs.moe.route):
 - a token × expert heatmap of the affinities, each token's chosen top-k ringed, the experts of groups its group
   limit dropped crossed
 - one token's group-limited selection step by step: the five steps in words, a row per expert, and bars of
@@ -17,7 +17,7 @@ Events (api_name):
     moe_routing(prompt, layer, token) -> (summary markdown, heatmap, steps markdown, steps table, steps figure,
                                           load figure, norms figure)
     moe_interventions(interventions, stories, probes) -> (summary markdown, table, figure)
-interventions is a list of names from ds_core.moe_lab.INTERVENTIONS ("top1", "no_shared", "no_bias").
+interventions is a list of names from ds_core.labs.moe.INTERVENTIONS ("top1", "no_shared", "no_bias").
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from ..moe_lab import (INTERVENTIONS, LayerRouting, contribution_norms, format_steps, interventions_for,
+from ..labs.moe import (INTERVENTIONS, LayerRouting, contribution_norms, format_steps, interventions_for,
                        measure_interventions, moe_layers, route, selection_steps, shared_weight_copy)
 from ..viz import grouped_bars_figure, lines_figure, routing_figure, token_label
 from . import AppContext

@@ -2,7 +2,7 @@
 
 (a) attention temperature τ_attn: one real score row (layer, head, query position, default the last token) of
     `layers.{i}.attn.scores` [1, H, T, T] re-softmaxed at several τ_attn, softmax(scores / τ_attn), as one line
-    per τ over the key tokens; per τ its entropy and largest probability (ds_core.attention_lab.sharpness, which
+    per τ over the key tokens; per τ its entropy and largest probability (ds_core.labs.attention.sharpness, which
     also re-runs the whole model at that τ_attn)
 (b) sampling temperature τ: the next-token distribution after the prompt at several τ
     (ds_core.generate.next_token_probs on the last position's logits [V]), its top candidates as grouped bars,
@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import torch
 
 from ..attention import DenseAttention, check_temperature
-from ..attention_lab import sharpness, tempered
+from ..labs.attention import sharpness, tempered
 from ..generate import SamplingParams, generate, next_token_probs
 from ..tokenizer import Tokenizer
 from ..viz import grouped_bars_figure, lines_figure, token_label

@@ -4,7 +4,7 @@ Nothing here loads weights, so it answers for DeepSeek-V3 671B as quickly as for
 function returns plain dicts or strings; the CLI (`python -m ds_core inspect PATH`) prints them and the app can
 show the same numbers.
 
-    from ds_core.inspect import summary, report
+    from ds_core.evaluation.sizes import summary, report
     summary("assets/ds-tiny")["params"]["total"]
     print(report("assets/ds-tiny", dtype="bf16"))
 """
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-from .config import ModelConfig
+from ..config import ModelConfig
+from ..viz.text import human_bytes, human_count, table
 
 # Bytes one cached number takes in each dtype the engine runs in.
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -61,7 +62,7 @@ def as_config(source: str | Path | ModelConfig) -> ModelConfig:
     """A ModelConfig, or a checkpoint directory whose config.json is read (weights are never opened)."""
     if isinstance(source, ModelConfig):
         return source
-    from .checkpoint import read_config
+    from ..checkpoint import read_config
     return read_config(source)
 
 
@@ -116,41 +117,6 @@ def summary(source: str | Path | ModelConfig, dtype: Any = "bf16") -> dict[str, 
     """Everything `report` prints, as data."""
     cfg = as_config(source)
     return {"architecture": architecture(cfg), "params": param_summary(cfg), "kv_cache": kv_cache_summary(cfg, dtype)}
-
-
-# ---- formatting -----------------------------------------------------------------------------------------
-def human_count(n: float) -> str:
-    """8_270_000 -> '8.27M', 671_026_419_200 -> '671.0B' (two decimals under 10, one above)."""
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            x = n / div
-            return f"{x:.2f}{unit}" if abs(x) < 10 else f"{x:.1f}{unit}"
-    return str(int(n)) if float(n).is_integer() else f"{n:.2f}"
-
-
-def human_bytes(n: float) -> str:
-    """Binary units: 1152 -> '1.12 KiB'."""
-    for div, unit in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if abs(n) >= div:
-            x = n / div
-            return f"{x:.2f} {unit}" if abs(x) < 10 else f"{x:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def table(rows: Iterable[tuple[Any, ...]], align: str = "", sep: str = "  ") -> str:
-    """Rows of cells -> lines with every column padded to its widest cell.
-
-    align: one letter per column, 'l' or 'r' (columns past its end are left-aligned).
-    """
-    rows = [tuple("None" if c is None else str(c) for c in r) for r in rows]
-    if not rows:
-        return ""
-    width = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows)))]
-
-    def cell(text: str, i: int) -> str:
-        return text.rjust(width[i]) if align[i:i + 1] == "r" else text.ljust(width[i])
-
-    return "\n".join(sep.join(cell(c, i) for i, c in enumerate(r)).rstrip() for r in rows)
 
 
 def report(source: str | Path | ModelConfig, dtype: Any = "bf16") -> str:
@@ -271,29 +237,7 @@ def _dtype_label(dtype: Any) -> str:
     return DTYPE_NAMES.get(name, name)
 
 
-# ---- generation timing ----------------------------------------------------------------------------------
-def generation_stats(steps: list) -> dict[str, float]:
-    """From the ds_core.generate Steps of one run: tokens, seconds, tokens/s, time to first token, decode rate.
-
-    tokens_per_s counts every generated token over the whole time (prefill included); decode_tokens_per_s
-    leaves out the first token and the prefill that produced it.
-    """
-    if not steps:
-        return {"tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0, "ttft_s": 0.0, "decode_tokens_per_s": 0.0}
-    n, total, ttft = len(steps), steps[-1].elapsed, steps[0].seconds
-    decode = total - ttft
-    return {"tokens": n, "seconds": total, "tokens_per_s": n / total if total > 0 else float("inf"),
-            "ttft_s": ttft, "decode_tokens_per_s": (n - 1) / decode if n > 1 and decode > 0 else 0.0}
-
-
-def format_generation_stats(stats: dict[str, float]) -> str:
-    """'64 tokens, 12.3 tokens/s (time to first token 0.05 s)'."""
-    return (f"{stats['tokens']} tokens, {stats['tokens_per_s']:.1f} tokens/s "
-            f"(time to first token {stats['ttft_s']:.2f} s, decode {stats['decode_tokens_per_s']:.1f} tokens/s)")
-
-
 __all__ = [
-    "architecture", "param_summary", "kv_cache_summary", "summary", "report", "table", "human_count",
-    "human_bytes", "generation_stats", "format_generation_stats", "dtype_name", "DTYPE_BYTES",
+    "architecture", "param_summary", "kv_cache_summary", "summary", "report", "dtype_name", "DTYPE_BYTES",
     "architecture_rows", "weight_table", "weight_totals",
 ]

@@ -1,8 +1,8 @@
 """Train the shipped model, assets/ds-tiny, from nothing but this repository.
 
-    python -m ds_core.train                    # corpus -> tokenizer -> model -> assets/ds-tiny
-    python -m ds_core.train --resume           # continue from the last checkpoint in --work
-    python -m ds_core.train --steps 20 --out /tmp/t --work /tmp/w   # a quick smoke run
+    python -m ds_core train                    # corpus -> tokenizer -> model -> assets/ds-tiny
+    python -m ds_core train --resume           # continue from the last checkpoint in --work
+    python -m ds_core train --steps 20 --out /tmp/t --work /tmp/w   # a quick smoke run
 
 Steps: generate the story corpus (ds_core.data.stories), train a byte-level BPE tokenizer on the training
 split, then train a miniature DeepSeek-V3 (MLA with q_lora, a dense first layer, DeepSeekMoE layers with a
@@ -13,7 +13,7 @@ moves by γ towards under-loaded experts, b_e += γ·sign(mean load − load_e).
 chosen, never their weights, and no balance term enters the loss.
 
 Copying from context (what every recall cue needs) would appear too late for a CPU budget on its own, so an
-auxiliary loss, the induction guide (ds_core.induction_guide), trains GUIDED_HEADS to attend to copy targets.
+auxiliary loss, the induction guide (ds_core.training.induction_guide), trains GUIDED_HEADS to attend to copy targets.
 
 Training windows start at story starts, so a story's introductions and its later references (up to ~500
 tokens apart) fall in the same window. Seeded and resumable: the batch of step s depends only on (seed, s).
@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig
-from .data import bpe, stories
-from .eval import ExpertLoad, induction_score
+from ..config import ModelConfig
+from ..data import bpe, stories
+from ..evaluation.quality import ExpertLoad, induction_score
 from .induction_guide import InductionGuide
-from .model import DeepSeekModel
-from .tokenizer import Tokenizer
+from ..model import DeepSeekModel
+from ..tokenizer import Tokenizer
 
 
 @dataclass
@@ -70,7 +70,7 @@ class TrainConfig:
 
 
 def model_config(vocab_size: int, seq_len: int) -> ModelConfig:
-    """DeepSeek-V3 in miniature (ds_core.inspect.param_summary counts its parameters)."""
+    """DeepSeek-V3 in miniature (ds_core.evaluation.sizes.param_summary counts its parameters)."""
     return ModelConfig(
         model_type="deepseek_v3", vocab_size=vocab_size, hidden_size=256, intermediate_size=640,
         num_hidden_layers=4, num_attention_heads=4, q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32,
@@ -82,7 +82,7 @@ def model_config(vocab_size: int, seq_len: int) -> ModelConfig:
     )
 
 
-# (layer, head) pairs the induction guide trains to attend to copy targets (ds_core.induction_guide)
+# (layer, head) pairs the induction guide trains to attend to copy targets (ds_core.training.induction_guide)
 GUIDED_HEADS = ((2, 0), (3, 0))
 
 
@@ -302,7 +302,7 @@ def export(model: DeepSeekModel, cfg: TrainConfig, log: list[dict]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_core.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ds_core train", description=__doc__.split("\n\n")[0])
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):

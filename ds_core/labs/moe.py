@@ -23,11 +23,11 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .checks import check_int
-from .config import ModelConfig
-from .eval import ExpertLoad, RunOptions, perplexity, recall_accuracy
-from .model.moe import MoE, Router
-from .tokenizer import Tokenizer
+from ..checks import check_int
+from ..config import ModelConfig
+from ..evaluation.quality import ExpertLoad, RunOptions, perplexity, recall_accuracy
+from ..model.moe import MoE, Router
+from ..tokenizer import Tokenizer
 
 
 # ---- what the routers did ------------------------------------------------------------------------------------

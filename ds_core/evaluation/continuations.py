@@ -1,5 +1,5 @@
 """What a continuation of a held-out story opening is measured by: does it stay on the opening's characters,
-and does it loop? (ds_core.eval.continuation_quality runs the model on these openings.)
+and does it loop? (ds_core.evaluation.quality.continuation_quality runs the model on these openings.)
 
 Each opening is the first three sentences of a test-split story, which name one character. The same measures
 are taken on the story's own continuation, cut to the same number of tokens, so every figure has the corpus's
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 
-from .data import stories
-from .data import words as W
+from ..data import stories
+from ..data import words as W
 
 NAMES = frozenset(W.FEMALE_NAMES) | frozenset(W.MALE_NAMES)
 OPENING_SENTENCES = 3

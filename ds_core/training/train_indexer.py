@@ -1,12 +1,12 @@
 """Train the lightning indexers of DeepSeek Sparse Attention (ds_core.attention.dsa) for a frozen model.
 
-    python -m ds_core.train_indexer --model assets/ds-tiny              # writes indexer.safetensors + indexer_config.json
-    python -m ds_core.train_indexer --model assets/ds-tiny --steps 50   # a quick run
+    python -m ds_core train-indexer --model assets/ds-tiny              # writes indexer.safetensors + indexer_config.json
+    python -m ds_core train-indexer --model assets/ds-tiny --steps 50   # a quick run
 
 As DeepSeek-V3.2's dense warm-up stage: the model is frozen and runs dense attention. For each layer and query t
 the target p(t, ·) is the layer's attention probabilities summed over heads and renormalised; the indexer's
 distribution is softmax over the causal keys of I(t, ·); the loss is KL(p || softmax I), summed over layers and
-averaged over queries. Batches are story windows (as in ds_core.eval), drawn with a generator seeded by
+averaged over queries. Batches are story windows (as in ds_core.evaluation.quality), drawn with a generator seeded by
 (seed, step). At the end it reports, on held-out validation windows, the KL before and after training and the
 top-k recall: the share of the dense attention mass that falls on the indexer's top-k keys, next to that of
 the last k tokens (a sliding window) for comparison, counted over queries with more than k keys to choose from.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .attention.dsa import DSAAttention, IndexerStack
-from .eval import story_windows
-from .model import DeepSeekModel
-from .tokenizer import Tokenizer
+from ..attention.dsa import DSAAttention, IndexerStack
+from ..evaluation.quality import story_windows
+from ..model import DeepSeekModel
+from ..tokenizer import Tokenizer
 
 RECALL_KS = (16, 32, 64)
 
@@ -155,7 +155,7 @@ def train(cfg: IndexerTrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_core.train_indexer", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ds_core train-indexer", description=__doc__.split("\n\n")[0])
     for f in fields(IndexerTrainConfig):
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     cfg = IndexerTrainConfig(**vars(parser.parse_args(argv)))

@@ -1,8 +1,8 @@
 """Evaluate a model on the story corpus: perplexity, long-range recall by distance, expert load, and whether
 greedy continuations of held-out openings stay on their characters.
 
-    python -m ds_core.eval --model assets/ds-tiny                 # all of them, printed as a table
-    python -m ds_core.eval --model assets/ds-tiny --json out.json --dtype bf16 --window 32 --sinks 4
+    python -m ds_core eval --model assets/ds-tiny                 # all of them, printed as a table
+    python -m ds_core eval --model assets/ds-tiny --json out.json --dtype bf16 --window 32 --sinks 4
 
 Every function takes the options generation takes (the attention backend, the MLA form; the dtype is the
 model's own), so a lab can measure what a technique costs by passing the same options it generates with.
@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from . import continuations
-from .checks import check_int
-from .data import recall, stories
-from .generate import generate
-from .model.moe import Router
-from .tokenizer import Tokenizer
+from ..checks import check_int
+from ..data import recall, stories
+from ..generate import generate
+from ..model.moe import Router
+from ..tokenizer import Tokenizer
 
 
 @dataclass
@@ -43,7 +43,7 @@ def _forward(model, ids: torch.Tensor, opts: RunOptions) -> torch.Tensor:
 
 
 def story_windows(tok: Tokenizer, split: str, n: int, seq_len: int) -> torch.Tensor:
-    """n windows [n, seq_len + 1] starting at the split's story starts, as in training (ds_core.train)."""
+    """n windows [n, seq_len + 1] starting at the split's story starts, as in training (ds_core.training.train)."""
     encoded = [tok.encode(text) + [tok.eos_token_id] for text in stories.split(split, n + 8)]
     stream = torch.tensor([i for ids in encoded for i in ids])  # 8 extra stories fill the last windows
     starts = torch.tensor([0] + [len(ids) for ids in encoded[:n - 1]]).cumsum(0)
@@ -148,7 +148,7 @@ def induction_score(model, tok: Tokenizer | None = None, n: int = 8, length: int
 def continuation_quality(model, tok: Tokenizer, n: int = 50, max_new_tokens: int = 80, temperature: float = 0.0,
                          seed: int = 0, opts: RunOptions = RunOptions()) -> dict:
     """Continuations of n held-out story openings (greedy by default), measured against the stories' own
-    (ds_core.continuations) -> {model: summary, corpus: summary, tokens: max_new_tokens, temperature,
+    (ds_core.evaluation.continuations) -> {model: summary, corpus: summary, tokens: max_new_tokens, temperature,
     samples: [{opening, model, story}]}."""
     check_int("n", n, 1)
     rows = []
@@ -245,7 +245,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def backend_from_args(args):
     """The attention backend the command line asks for: dense, --window W [--sinks G] or --dsa-top-k K."""
-    from .attention import DenseAttention, DSAAttention, WindowAttention
+    from ..attention import DenseAttention, DSAAttention, WindowAttention
 
     if args.window is not None and args.dsa_top_k is not None:
         raise ValueError("choose one of --window and --dsa-top-k")
@@ -257,9 +257,9 @@ def backend_from_args(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .model import DeepSeekModel
+    from ..model import DeepSeekModel
 
-    parser = argparse.ArgumentParser(prog="python -m ds_core.eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ds_core eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="assets/ds-tiny", metavar="PATH")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--device", default="cpu")

@@ -1,10 +1,10 @@
 """Write the shipped model's card, assets/ds-tiny/README.md, from measurements made now.
 
-    python -m ds_core.card --model assets/ds-tiny
+    python -m ds_core card --model assets/ds-tiny
 
 Every number in the card comes from code run by this command: the architecture and parameter counts from
-config.json (ds_core.inspect), the recipe and the loss curve from training_log.json (written by
-python -m ds_core.train), perplexity, recall and expert load from ds_core.eval, and the samples from
+config.json (ds_core.evaluation.sizes), the recipe and the loss curve from training_log.json (written by
+python -m ds_core train), perplexity, recall and expert load from ds_core.evaluation.quality, and the samples from
 ds_core.generate. It also writes loss_curve.png and eval.json beside the card.
 """
 
@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
-from . import eval as evaluation
-from .attention_lab import format_sweep
-from .continuations import held_out_openings
-from .generate import generate
-from .inspect import architecture_rows, human_count, param_summary
-from .model import DeepSeekModel
-from .tokenizer import Tokenizer
+from ..evaluation import quality as evaluation
+from ..labs.attention import format_sweep
+from ..evaluation.continuations import held_out_openings
+from ..generate import generate
+from ..evaluation.sizes import architecture_rows, param_summary
+from ..viz.text import human_count
+from ..model import DeepSeekModel
+from ..tokenizer import Tokenizer
 from .train import GUIDED_HEADS
 
 SAMPLE_TEMPERATURES = (0.0, 0.7, 1.0, 1.5)
@@ -76,9 +77,9 @@ def samples(model, tok: Tokenizer, openings: list[str], max_new_tokens: int = SA
 
 def continuation_section(greedy: dict, sampled: dict, skip: int, shown: int = 4) -> list[str]:
     """How continuations of held-out openings hold their characters, greedy and sampled, beside the stories'
-    own (ds_core.eval.continuation_quality), and `shown` greedy ones after the first `skip` (which the Samples
+    own (ds_core.evaluation.quality.continuation_quality), and `shown` greedy ones after the first `skip` (which the Samples
     section shows)."""
-    lines = ["**Continuations** (`ds_core.eval.continuation_quality`): the first three sentences of "
+    lines = ["**Continuations** (`ds_core.evaluation.quality.continuation_quality`): the first three sentences of "
              f"{greedy['model']['n']} test stories, each naming a character, continued for {greedy['tokens']} "
              f"tokens greedily and sampled at τ = {sampled['temperature']:g}; beside them, the same stories' own "
              "next tokens, measured the same way.", "",
@@ -100,13 +101,13 @@ def continuation_section(greedy: dict, sampled: dict, skip: int, shown: int = 4)
 
 
 def sparse_attention_section(model_dir: Path, sweep_rows: list[dict], context: int) -> list[str]:
-    """The DSA indexer's warm-up results (from indexer_config.json, written by python -m ds_core.train_indexer)
-    and perplexity / recall under sparse attention (ds_core.attention_lab.sweep, measured now)."""
+    """The DSA indexer's warm-up results (from indexer_config.json, written by python -m ds_core train-indexer)
+    and perplexity / recall under sparse attention (ds_core.labs.attention.sweep, measured now)."""
     if not sweep_rows:
         return []
     lines = ["## Sparse attention", "",
-             "`python -m ds_core.card` measures these with `ds_core.attention_lab.sweep` (test split; "
-             f"{next(iter(sweep_rows[0]['recall_n'].values()))} recall probes per distance bucket). `python -m ds_core.eval --window W "
+             "`python -m ds_core card` measures these with `ds_core.labs.attention.sweep` (test split; "
+             f"{next(iter(sweep_rows[0]['recall_n'].values()))} recall probes per distance bucket). `python -m ds_core eval --window W "
              "--sinks G` or `--dsa-top-k K` measures one scheme on the full evaluation.", "",
              f"| attention | scores computed (T = {context}) | perplexity | "
              + " | ".join(f"recall d {k}" for k in sweep_rows[0]["recall"]) + " |",
@@ -119,7 +120,7 @@ def sparse_attention_section(model_dir: Path, sweep_rows: list[dict], context: i
     if training:
         tc = training["config"]
         lines += ["", f"**DSA lightning indexer** (`indexer.safetensors`, {tc['n_heads']} heads of {tc['head_dim']} "
-                  f"dims per layer): trained by `python -m ds_core.train_indexer` for {tc['steps']} steps with the "
+                  f"dims per layer): trained by `python -m ds_core train-indexer` for {tc['steps']} steps with the "
                   "model frozen, minimising the KL divergence from each layer's dense attention (summed over "
                   "heads) to the indexer's distribution, as DeepSeek-V3.2's warm-up stage does. Held-out KL "
                   f"{training['before']['kl']:.3f} before, {training['after']['kl']:.3f} after. Share of the dense "
@@ -131,8 +132,8 @@ def sparse_attention_section(model_dir: Path, sweep_rows: list[dict], context: i
 
 
 def sparse_sweep(model, tok, model_dir: Path, per_bucket: int) -> list[dict]:
-    from .attention import DSAAttention
-    from .attention_lab import sweep, window_backends
+    from ..attention import DSAAttention
+    from ..labs.attention import sweep, window_backends
 
     backends = window_backends(windows=(32, 128), sinks=(0, 4))
     if (model_dir / "indexer.safetensors").is_file():
@@ -153,10 +154,10 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
     lines = [
         "# ds-tiny", "",
         "A DeepSeek-V3-architecture model in miniature, trained from nothing by this repository's own code "
-        "(`python -m ds_core.train`) on a generated corpus of short stories. It exists so that the explorer "
+        "(`python -m ds_core train`) on a generated corpus of short stories. It exists so that the explorer "
         "and the lessons run real inference anywhere, offline, on a CPU. It loads in ds_core and in "
         "`transformers` (`AutoModelForCausalLM`, `AutoTokenizer`) without remote code.", "",
-        "This card is written by `python -m ds_core.card --model assets/ds-tiny`; every number below is "
+        "This card is written by `python -m ds_core card --model assets/ds-tiny`; every number below is "
         "measured by that command (details: `eval.json`).", "",
         "## Architecture", "",
         "| field | value | meaning |", "|---|---|---|",
@@ -195,7 +196,7 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
         "the machine that trained it.", "",
         "![loss curve](loss_curve.png)", "",
         "## Evaluation", "",
-        "`python -m ds_core.eval --model assets/ds-tiny` (fp32, dense attention, greedy).", "",
+        "`python -m ds_core eval --model assets/ds-tiny` (fp32, dense attention, greedy).", "",
         f"- **Perplexity:** validation {val_ppl:.3f}, test {result['test']['perplexity']:.3f}; final training "
         f"perplexity {train_ppl:.3f} (mean loss of the last {FINAL_WINDOW} steps), so validation is "
         f"{val_ppl / train_ppl - 1:+.1%} from training.", "",
@@ -206,7 +207,7 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
         *[f"| {k} | {v['n']} | {v['accuracy']:.1%} | {v.get('name', 0):.1%} | {v.get('object', 0):.1%} |"
           for k, v in result["recall"].items() if k != "probes"],
         "",
-        f"**Copying from context** (`ds_core.eval.induction_score`): on runs of random words from the "
+        f"**Copying from context** (`ds_core.evaluation.quality.induction_score`): on runs of random words from the "
         "corpus's vocabulary shown twice, the next-token loss is "
         f"{result['induction']['first_copy_loss']:.2f} nats on the first copy and "
         f"{result['induction']['second_copy_loss']:.2f} on the second: the model "
@@ -241,7 +242,7 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_core.card", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ds_core card", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="assets/ds-tiny", metavar="PATH")
     parser.add_argument("--per-bucket", type=int, default=100)
     parser.add_argument("--samples", type=int, default=3, help="held-out openings to continue")

@@ -7,7 +7,7 @@
     fraction_computed(WindowAttention(16), 256)                      # share of the T×S scores computed
 
 The app and the lessons both call these, so what one shows the other measures the same way. Every model run
-goes through ds_core.eval (RunOptions, perplexity, recall_accuracy, story windows), the same code the eval
+goes through ds_core.evaluation.quality (RunOptions, perplexity, recall_accuracy, story windows), the same code the eval
 report uses; defaults are small enough for a CPU and are parameters.
 """
 
@@ -18,11 +18,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .attention import DenseAttention, WindowAttention, check_temperature, get_backend
-from .checks import check_int
-from .eval import RunOptions, perplexity, recall_accuracy, story_windows, window_logits
-from .generate import _encode_prompt
-from .tokenizer import Tokenizer
+from ..attention import DenseAttention, WindowAttention, check_temperature, get_backend
+from ..checks import check_int
+from ..evaluation.quality import RunOptions, perplexity, recall_accuracy, story_windows, window_logits
+from ..generate import _encode_prompt
+from ..tokenizer import Tokenizer
 
 
 # ---- cost -----------------------------------------------------------------------------------------------
