@@ -16,8 +16,9 @@ import argparse
 import os
 import sys
 
+from .checks import DTYPES
+
 EXIT_BAD_INPUT = 2
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 class BadInput(Exception):
@@ -84,7 +85,7 @@ def cmd_generate(args) -> int:
     from . import DeepSeekModel, generate
 
     tok = _load_tokenizer(args.model)
-    model = DeepSeekModel.from_pretrained(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]))
+    model = DeepSeekModel.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
     out = sys.stdout
     out.write(args.prompt)
     out.flush()

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .checks import DTYPES
 from .config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,8 @@ def weight_files(path: str | Path) -> dict[str, Path]:
 
 def load_model(cls, path: str | Path, device="cpu", dtype: torch.dtype = torch.float32):
     """Validate the checkpoint completely, then build `cls(config)` with its weights on device in dtype."""
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPES.values()))}, got {dtype}")
     cfg = read_config(path)
     files = weight_files(path)
     with torch.device("meta"):

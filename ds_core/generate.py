@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -12,6 +10,7 @@ import torch
 
 from .attention import get_backend
 from .cache import new_cache
+from .checks import check_int, check_number
 from .tokenizer import Tokenizer
 
 
@@ -23,16 +22,9 @@ class SamplingParams:
     top_p: float = 1.0
 
     def __post_init__(self):
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, numbers.Real) or math.isnan(t) or math.isinf(t) or t < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t!r}")
-        k = self.top_k
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 turns it off), got {k!r}")
-        p = self.top_p
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(p) or not 0 < p <= 1:
-            raise ValueError(f"top_p must be a number in (0, 1] (1 turns it off), got {p!r}")
-        self.temperature, self.top_k, self.top_p = float(t), int(k), float(p)
+        self.temperature = check_number("temperature", self.temperature, 0, why=" (0 means greedy)")
+        self.top_k = check_int("top_k", self.top_k, 0, why=" (0 turns it off)")
+        self.top_p = check_number("top_p", self.top_p, 0, 1, low_open=True, why=" (1 turns it off)")
 
 
 def next_token_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -79,8 +71,7 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     tokens only, so its memory stays constant; the tokens are those of the same backend over the full cache.
     Arguments are checked when called, before the first token is asked for.
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens, 1)
     if not isinstance(params, SamplingParams):
         raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
@@ -145,8 +136,7 @@ def generate(model, tok: Tokenizer, prompt: str, *, temperature: float = 1.0, to
     """
     params = SamplingParams(temperature, top_k, top_p)
     ids = _encode_prompt(tok, prompt)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens, 1)
     eos_ids = model.config.eos_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     return _stream(model, tok, ids, params, max_new_tokens, seed, eos_ids, mla, backend, on_logits, compile)
 

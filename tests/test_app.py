@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 
 import app  # noqa: E402
 from ds_core import DeepSeekModel  # noqa: E402
+from ds_core.checks import dtype_name  # noqa: E402
 from ds_core.evaluation import sizes  # noqa: E402
 from ds_core.viz.text import human_bytes  # noqa: E402
 
@@ -106,7 +107,7 @@ def test_tensor_table_lists_every_state_dict_tensor_once(served, tiny_checkpoint
         seen.update(names)
         for n in names:
             assert shape == str(list(state[n].shape)), n
-            assert dtype == sizes.DTYPE_NAMES[str(state[n].dtype).removeprefix("torch.")], n
+            assert dtype == dtype_name(state[n].dtype), n
         assert params == count * state[names[0]].numel()
     assert seen == Counter(list(state))  # every tensor, each exactly once
     assert len(table["data"]) < len(state)  # experts folded: layers.1.mlp.experts.{0..7}.gate_proj.weight

@@ -161,7 +161,7 @@ def test_token_labels_stay_visible():
 
 # ---- bad input -----------------------------------------------------------------------------------------------
 NORMAL = dict(prompt=PROMPT, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=3, seed=0)
-LIMIT = "max new tokens must be a whole number from 1 to 255 (this model's context is 256 tokens"
+LIMIT = "max new tokens must be an integer from 1 to 255 (this model's context is 256 tokens"
 
 
 BAD_INPUT = [
@@ -169,14 +169,14 @@ BAD_INPUT = [
     (dict(prompt=None), "the prompt is empty"),
     (dict(temperature=-0.5), "temperature must be a finite number >= 0 (0 means greedy), got -0.5"),
     (dict(temperature="nan"), "temperature must be a finite number >= 0"),  # JSON carries no NaN; see below
-    (dict(top_p=0), "top_p must be a number in (0, 1] (1 turns it off), got 0"),
-    (dict(top_p=1.5), "top_p must be a number in (0, 1]"),
+    (dict(top_p=0), "top_p must be a finite number in (0, 1] (1 turns it off), got 0"),
+    (dict(top_p=1.5), "top_p must be a finite number in (0, 1]"),
     (dict(top_k=-1), "top_k must be an integer >= 0 (0 turns it off), got -1"),
     (dict(top_k=2.5), "top_k must be an integer >= 0"),
     (dict(max_new_tokens=0), LIMIT),
     (dict(max_new_tokens=256), LIMIT),
-    (dict(seed=1.5), "seed must be a whole number from 0 to"),
-    (dict(seed="seven"), "seed must be a whole number from 0 to"),
+    (dict(seed=1.5), "seed must be an integer from 0 to"),
+    (dict(seed="seven"), "seed must be an integer from 0 to"),
 ]
 
 
@@ -202,7 +202,7 @@ def test_bad_step_gets_a_clear_error(served, engine):
         fresh.predict(0, api_name="/distribution")  # a new session has no generation to show
     fresh.predict(*NORMAL.values(), api_name="/generate")
     for bad in (3, -1, 0.5, None):
-        with pytest.raises(AppError, match=r"step must be a whole number from 0 to 2 \(the last generation made 3"):
+        with pytest.raises(AppError, match=r"step must be an integer from 0 to 2 \(the last generation made 3"):
             fresh.predict(bad, api_name="/distribution")
     assert bars(fresh.predict(2, api_name="/distribution"))[0]["y"] == [1.0]  # greedy: all mass on one token
 

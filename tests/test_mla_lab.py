@@ -73,7 +73,7 @@ def test_gqa_heads_are_clamped_to_the_model_and_must_divide_it():
     assert gqa_kv_heads(v3) == 8
     with pytest.raises(ValueError, match="must divide the 128 attention heads, got 3"):
         gqa_kv_heads(v3, 3)
-    with pytest.raises(ValueError, match="whole number >= 1"):
+    with pytest.raises(ValueError, match="integer >= 1"):
         gqa_kv_heads(v3, 0)
     with pytest.raises(ValueError, match="^DeepSeek-V2-Lite: .*must divide the 16"):
         kv_bytes_by_model(with_references("tiny", tiny), kv_heads=12)
@@ -155,10 +155,10 @@ def test_decode_speed_times_both_implementations_on_caches_of_each_length(tiny_c
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(contexts=()), "contexts must be whole numbers >= 1"),
-    (dict(contexts=(0,)), "contexts must be whole numbers >= 1"),
+    (dict(contexts=()), "contexts must name at least one context length"),
+    (dict(contexts=(0,)), "each context must be an integer >= 1, got 0"),
     (dict(mlas=("latent",)), "mla must be 'naive' or 'absorbed'"),
-    (dict(steps=0), "steps must be a whole number >= 1"),
+    (dict(steps=0), "steps must be an integer >= 1"),
 ])
 def test_decode_speed_refuses_bad_arguments(tiny_checkpoint, kwargs, message):
     model = DeepSeekModel.from_pretrained(tiny_checkpoint)
@@ -192,4 +192,4 @@ def test_bench_mla_refuses_bad_contexts(capsys):
 
     with pytest.raises(SystemExit) as e:
         main(["bench", "mla", "--contexts", "0,5"])
-    assert e.value.code == 2 and "contexts must be whole numbers >= 1" in capsys.readouterr().err
+    assert e.value.code == 2 and "each context must be an integer >= 1, got 0" in capsys.readouterr().err

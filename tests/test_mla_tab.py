@@ -77,19 +77,19 @@ def test_decode_speed_is_measured_on_caches_of_each_context(client, model):
 
 @pytest.mark.parametrize("api,args,message", [
     ("/mla", ("", 0, 0, *OPTIONS), "the prompt is empty"),
-    ("/mla", (PROMPT, 3, 0, *OPTIONS), "layer must be a whole number from 0 to 2"),
-    ("/mla", (PROMPT, 0, 4, *OPTIONS), "head must be a whole number from 0 to 3"),
+    ("/mla", (PROMPT, 3, 0, *OPTIONS), "layer must be an integer from 0 to 2"),
+    ("/mla", (PROMPT, 0, 4, *OPTIONS), "head must be an integer from 0 to 3"),
     ("/mla", (PROMPT, 0, 0, "int8", 2, "DeepSeek-V3"), "dtype must be one of fp32, bf16, fp16"),
     ("/mla", (PROMPT, 0, 0, "bf16", 3, "DeepSeek-V3"), "must divide the 4 attention heads, got 3"),
     ("/mla", (PROMPT, 0, 0, "bf16", 12, "DeepSeek-V3"), "DeepSeek-V2-Lite: .* must divide the 16 attention heads"),
-    ("/mla", (PROMPT, 0, 0, "bf16", 0, "DeepSeek-V3"), "GQA key/value heads must be a whole number >= 1"),
+    ("/mla", (PROMPT, 0, 0, "bf16", 0, "DeepSeek-V3"), "GQA key/value heads must be an integer >= 1"),
     ("/mla", (PROMPT, 0, 0, "bf16", 2, "GPT-4"), "model for the context plot must be one of"),
     ("/mla_speed", ("128, x", 4), "contexts must be a comma-separated list of whole numbers"),
-    ("/mla_speed", ("0", 4), "context must be a whole number from 1 to 4096"),
-    ("/mla_speed", ("5000", 4), "context must be a whole number from 1 to 4096"),
+    ("/mla_speed", ("0", 4), "context must be an integer from 1 to 4096"),
+    ("/mla_speed", ("5000", 4), "context must be an integer from 1 to 4096"),
     ("/mla_speed", ("1, 2, 3, 4, 5", 4), "contexts: give 1 to 4 lengths"),
     ("/mla_speed", ("", 4), "contexts: give 1 to 4 lengths"),
-    ("/mla_speed", ("16", 0), "decode steps must be a whole number from 1 to 64"),
+    ("/mla_speed", ("16", 0), "decode steps must be an integer from 1 to 64"),
 ])
 def test_bad_input_gets_a_clear_error_and_the_tab_keeps_serving(client, api, args, message):
     with pytest.raises(AppError, match=message):

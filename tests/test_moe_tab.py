@@ -85,9 +85,9 @@ def test_interventions_are_measured_like_the_lab_measures_them(client, engine):
 @pytest.mark.parametrize("args,message", [
     (("", 1, 0), "the prompt is empty"),
     ((PROMPT, 0, 0), "layer 0 has a dense MLP, not experts: choose an MoE layer, one of 1, 2"),
-    ((PROMPT, 3, 0), "layer must be a whole number from 0 to 2"),
-    ((PROMPT, 1, 999), "token position must be a whole number from -"),
-    ((PROMPT, 1, 0.5), "token position must be a whole number"),
+    ((PROMPT, 3, 0), "layer must be an integer from 0 to 2"),
+    ((PROMPT, 1, 999), "token position must be an integer from -"),
+    ((PROMPT, 1, 0.5), "token position must be an integer"),
 ])
 def test_bad_routing_input_gets_a_clear_error_and_the_tab_keeps_serving(client, args, message):
     with pytest.raises(AppError, match=message):
@@ -99,8 +99,8 @@ def test_bad_routing_input_gets_a_clear_error_and_the_tab_keeps_serving(client, 
 @pytest.mark.parametrize("args,message", [
     (([], 2, 1), "interventions must be a non-empty list among top1, no_shared, no_bias"),
     ((["top2"], 2, 1), "interventions must be a non-empty list"),
-    ((["top1"], 0, 1), f"story windows must be a whole number from 1 to {moe_tab.MAX_STORIES}"),
-    ((["top1"], 2, moe_tab.MAX_PROBES + 1), "recall probes per distance bucket must be a whole number"),
+    ((["top1"], 0, 1), f"story windows must be an integer from 1 to {moe_tab.MAX_STORIES}"),
+    ((["top1"], 2, moe_tab.MAX_PROBES + 1), "recall probes per distance bucket must be an integer"),
 ])
 def test_bad_intervention_input_gets_a_clear_error(client, args, message):
     with pytest.raises(AppError, match=message):

@@ -57,9 +57,9 @@ def test_heatmaps_are_the_traced_tensors(client, tiny_checkpoint, layer, head):
 
 @pytest.mark.parametrize("args,message", [
     (("", 0, 0), "the prompt is empty"),
-    ((PROMPT, 3, 0), "layer must be a whole number from 0 to 2"),
-    ((PROMPT, 0, 4), "head must be a whole number from 0 to 3"),
-    ((PROMPT, 0.5, 0), "layer must be a whole number"),
+    ((PROMPT, 3, 0), "layer must be an integer from 0 to 2"),
+    ((PROMPT, 0, 4), "head must be an integer from 0 to 3"),
+    ((PROMPT, 0.5, 0), "layer must be an integer"),
 ])
 def test_bad_input_gets_a_clear_error_and_the_tab_keeps_serving(client, args, message):
     with pytest.raises(AppError, match=message):

@@ -10,21 +10,16 @@ False at left padding, or None when nothing is padded.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 
 from .. import trace
+from ..checks import check_number
 
 
 def check_temperature(temperature) -> float:
     """The attention temperature τ_attn as a float, or ValueError: it must be a finite number > 0."""
-    t = temperature
-    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0:
-        raise ValueError(f"attention temperature τ_attn must be a finite number > 0 (1 = the model's own), got {t!r}")
-    return float(t)
+    return check_number("attention temperature τ_attn", temperature, 0, low_open=True, why=" (1 = the model's own)")
 
 
 class DenseAttention:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import weakref
-from numbers import Integral
 from pathlib import Path
 
 import torch
@@ -37,6 +36,7 @@ from torch import nn
 
 from .. import trace
 from ..cache import GrowingTensor
+from ..checks import check_int
 from .dense import DenseAttention, check_temperature
 
 WEIGHTS_FILE, CONFIG_FILE = "indexer.safetensors", "indexer_config.json"
@@ -154,10 +154,8 @@ class DSAAttention:
     name = "dsa"
 
     def __init__(self, indexers: "IndexerStack | str | Path", top_k: int, temperature: float = 1.0):
-        if not isinstance(top_k, Integral) or isinstance(top_k, bool) or top_k <= 0:
-            raise ValueError(f"top_k must be an integer >= 1 (the keys each query reads), got {top_k!r}")
         self.indexers = indexers if isinstance(indexers, IndexerStack) else IndexerStack.from_pretrained(indexers)
-        self.top_k = int(top_k)
+        self.top_k = check_int("top_k", top_k, 1, why=" (the keys each query reads)")
         self.temperature = check_temperature(temperature)
         self.dense = DenseAttention()
         self.last_note = ""  # how the last call ran: dense or top-k

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import continuations
-from ..checks import check_int
+from ..checks import DTYPES, check_int
 from ..data import recall, stories
 from ..generate import generate
 from ..model.moe import Router
@@ -238,9 +238,6 @@ def format_report(r: dict) -> str:
     for layer, shares in r["expert_load"].items():
         lines.append(f"  {layer}: {min(shares):.1%} - {max(shares):.1%}")
     return "\n".join(lines)
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def backend_from_args(args):

@@ -15,12 +15,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..checks import DTYPES, dtype_name
 from ..config import ModelConfig
 from ..viz.text import human_bytes, human_count, table
 
-# Bytes one cached number takes in each dtype the engine runs in.
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 # The architecture fields a reader looks at, in the order they matter; (key, what it is).
 ARCHITECTURE_FIELDS = (
@@ -66,15 +64,6 @@ def as_config(source: str | Path | ModelConfig) -> ModelConfig:
     return read_config(source)
 
 
-def dtype_name(dtype: Any) -> str:
-    """'bf16' | 'fp16' | 'fp32' from that short name, a torch dtype or its long name; ValueError otherwise."""
-    name = str(dtype).removeprefix("torch.")
-    name = DTYPE_NAMES.get(name, name)
-    if name not in DTYPE_BYTES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
-    return name
-
-
 # ---- numbers --------------------------------------------------------------------------------------------
 def architecture(source: str | Path | ModelConfig) -> dict[str, Any]:
     """field -> value for ARCHITECTURE_FIELDS (MoE fields left out for a model without routed experts)."""
@@ -97,7 +86,7 @@ def kv_cache_summary(source: str | Path | ModelConfig, dtype: Any = "bf16") -> d
     """
     cfg = as_config(source)
     name = dtype_name(dtype)
-    size = DTYPE_BYTES[name]
+    size = DTYPES[name].itemsize
     numbers = cfg.kv_cache_numbers_per_token()
     L = cfg.num_hidden_layers
     return {
@@ -233,11 +222,13 @@ def _index_set(indices: list[int]) -> str:
 
 
 def _dtype_label(dtype: Any) -> str:
-    name = str(dtype).removeprefix("torch.")
-    return DTYPE_NAMES.get(name, name)
+    try:
+        return dtype_name(dtype)
+    except ValueError:  # a dtype the engine does not run in (an int8 buffer, say): its torch name
+        return str(dtype).removeprefix("torch.")
 
 
 __all__ = [
-    "architecture", "param_summary", "kv_cache_summary", "summary", "report", "dtype_name", "DTYPE_BYTES",
+    "architecture", "param_summary", "kv_cache_summary", "summary", "report",
     "architecture_rows", "weight_table", "weight_totals",
 ]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import DenseAttention, WindowAttention, check_temperature, get_backend
-from ..checks import check_int
+from ..checks import check_index, check_int
 from ..evaluation.quality import RunOptions, perplexity, recall_accuracy, story_windows, window_logits
 from ..generate import _encode_prompt
 from ..tokenizer import Tokenizer
@@ -84,8 +84,7 @@ def sharpness(model, tok: Tokenizer, prompt: str, layer: int, head: int,
         raise ValueError("taus must name at least one attention temperature τ_attn")
     ids = torch.tensor([_encode_prompt(tok, prompt)], device=model.device)
     T = ids.shape[1]
-    if isinstance(position, bool) or not isinstance(position, int) or not -T <= position < T:
-        raise ValueError(f"position must be an integer in [-{T}, {T}) (the prompt has {T} tokens), got {position!r}")
+    position = check_index("position", position, T, f" (the prompt has {T} tokens)")
 
     def attention_row(tau: float, what: str) -> torch.Tensor:
         with model.trace() as tr:

@@ -31,7 +31,8 @@ import torch
 
 from ..checks import check_int
 from ..config import ModelConfig
-from ..evaluation.sizes import DTYPE_BYTES, as_config, dtype_name
+from ..checks import DTYPES, dtype_name
+from ..evaluation.sizes import as_config
 from .published import REFERENCE_CONFIGS
 
 SCHEMES = ("MHA", "GQA", "MQA", "MLA")
@@ -45,9 +46,7 @@ def gqa_kv_heads(cfg: ModelConfig, kv_heads: int = GQA_KV_HEADS) -> int:
     """The GQA comparison's key/value heads for cfg: kv_heads, or H if the model has fewer heads than that.
     ValueError unless it divides H (each K/V head serves the same number of query heads)."""
     H = cfg.num_attention_heads
-    if isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1:
-        raise ValueError(f"GQA key/value heads must be a whole number >= 1, got {kv_heads!r}")
-    g = min(kv_heads, H)
+    g = min(check_int("GQA key/value heads", kv_heads, 1), H)
     if H % g:
         raise ValueError(f"GQA key/value heads must divide the {H} attention heads, got {kv_heads}")
     return g
@@ -68,7 +67,7 @@ def kv_bytes_per_token(source: str | Path | ModelConfig, dtype: Any = "bf16",
                        kv_heads: int = GQA_KV_HEADS) -> dict[str, dict[str, int]]:
     """scheme -> {numbers_per_layer, numbers (all layers), bytes (all layers, in dtype)} for one token."""
     cfg = as_config(source)
-    size = DTYPE_BYTES[dtype_name(dtype)]
+    size = DTYPES[dtype_name(dtype)].itemsize
     L = cfg.num_hidden_layers
     return {scheme: {"numbers_per_layer": n, "numbers": n * L, "bytes": n * L * size}
             for scheme, n in cache_numbers_per_layer(cfg, kv_heads).items()}
@@ -157,13 +156,6 @@ class DecodeSpeed:
         return statistics.median(self.rates)
 
 
-def _check_contexts(contexts) -> list[int]:
-    contexts = list(contexts)
-    if not contexts or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in contexts):
-        raise ValueError(f"contexts must be whole numbers >= 1, got {contexts!r}")
-    return contexts
-
-
 @dataclass
 class _Decoder:
     """One MLA implementation's cache for one context, and the logits its next step starts from."""
@@ -201,13 +193,13 @@ def decode_speed(model, contexts=(128, 512, 2048), mlas=("naive", "absorbed"), s
     trained there, which does not change the work a step does. on_progress(done, total, what) is called
     before each prefill and each burst.
     """
-    contexts = _check_contexts(contexts)
+    contexts = [check_int("each context", c, 1) for c in contexts]
+    if not contexts:
+        raise ValueError("contexts must name at least one context length")
     for mla in mlas:
         if mla not in ("naive", "absorbed"):
             raise ValueError(f"mla must be 'naive' or 'absorbed', got {mla!r}")
-    for name, n in (("steps", steps), ("repeats", repeats)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, got {n!r}")
+    steps, repeats = check_int("steps", steps, 1), check_int("repeats", repeats, 1)
     gen = torch.Generator().manual_seed(seed)
     rows, total, done = [], len(contexts) * len(mlas) * (1 + repeats), 0
 

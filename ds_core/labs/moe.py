@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..checks import check_int
+from ..checks import check_index, check_int
 from ..config import ModelConfig
 from ..evaluation.quality import ExpertLoad, RunOptions, perplexity, recall_accuracy
 from ..model.moe import MoE, Router
@@ -118,8 +118,7 @@ def selection_steps(lr: LayerRouting, token: int) -> dict:
     group rows:  group, experts (first-last), group_score (None without group-limited routing), kept
     """
     n = lr.scores.shape[0]
-    if isinstance(token, bool) or not isinstance(token, int) or not -n <= token < n:
-        raise ValueError(f"token must be an integer in [-{n}, {n}) (the layer routed {n} tokens), got {token!r}")
+    token = check_index("token", token, n, f" (the layer routed {n} tokens)")
     eligible, choice = lr.eligible()[token], lr.choice_scores[token]
     ranked = choice.masked_fill(~eligible, float("-inf")).argsort(descending=True, stable=True)
     rank = {int(e): r + 1 for r, e in enumerate(ranked[:int(eligible.sum())])}

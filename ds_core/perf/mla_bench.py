@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_int, parse_list
 from ..viz.text import human_bytes
 from ..labs.mla import by_context, decode_speed
 from ..model import DeepSeekModel
@@ -62,12 +63,13 @@ def run(model_dir: str | Path, contexts: list[int], steps: int, repeats: int, th
 
 
 def parse_contexts(text: str) -> list[int]:
+    """--contexts '128,512' -> [128, 512]; argparse reports a bad list as a usage error."""
     try:
-        contexts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"contexts must be a comma list of whole numbers, got {text!r}") from None
-    if not contexts or min(contexts) < 1:
-        raise argparse.ArgumentTypeError(f"contexts must be whole numbers >= 1, got {text!r}")
+        contexts = [check_int("each context", c, 1) for c in parse_list("contexts", text)]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not contexts:
+        raise argparse.ArgumentTypeError("contexts must name at least one context length")
     return contexts
 
 

@@ -37,7 +37,8 @@ from ..generate import generate
 from ..viz import heatmap_figure, token_label
 from . import AppContext
 from .generate_tab import SEED_MAX
-from .inputs import check_prompt, check_whole, parse_list, refuse, tokenizer_or_notice, truncation_note
+from ..checks import parse_list
+from .inputs import check_prompt, check_whole, refuse, tokenizer_or_notice, truncation_note
 
 TITLE = "Attention & masks"
 MAX_TOKENS = 64        # rows and columns a heatmap can still label legibly

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from ..checks import check_int
 from ..tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -22,11 +23,8 @@ def whole(value: Any) -> Any:
 
 
 def check_whole(name: str, value: Any, low: int, high: int, why: str = "") -> int:
-    """value as an int in [low, high], or ValueError naming the range (and why it is that range)."""
-    v = whole(value)
-    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        raise ValueError(f"{name} must be a whole number from {low} to {high}{why}, got {value!r}")
-    return v
+    """value (5 or 5.0, as the browser sends it) as an int in [low, high], or ValueError naming the range."""
+    return check_int(name, whole(value), low, high, why)
 
 
 def refuse(error: ValueError) -> gr.Error:
@@ -77,19 +75,6 @@ def truncation_note(fitted: FittedPrompt, budget: int) -> str:
         return ""
     return (f"\n\nOnly the last {fitted.tokens} tokens of the prompt are used (at most {budget}, so the axes stay "
             "readable).")
-
-
-def parse_list(name: str, text, parse=int) -> tuple:
-    """'3, 10' -> (3, 10) with parse=int (parse=float for '0.5, 1'); '' or None -> (). ValueError on bad text."""
-    if text is None:
-        return ()
-    if not isinstance(text, str):
-        raise ValueError(f"{name} must be text: a comma-separated list, got {type(text).__name__}")
-    kind = "whole numbers" if parse is int else "numbers"
-    try:
-        return tuple(parse(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"{name} must be a comma-separated list of {kind} (like '3, 10'), got {text!r}") from None
 
 
 def tokenizer_or_notice(ctx: "AppContext", title: str) -> Tokenizer | None:

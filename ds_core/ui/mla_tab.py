@@ -24,12 +24,14 @@ import math
 import gradio as gr
 import torch
 
+from ..checks import DTYPES, dtype_name
 from ..evaluation import sizes
 from ..labs.mla import (GQA_KV_HEADS, SCHEMES, by_context, cache_bytes_by_context, decode_speed, gqa_kv_heads,
                        kv_bytes_by_model, latent_and_reconstruction, measured_bytes_per_token, with_references)
 from ..viz import grouped_bars_figure, heatmap_figure, lines_figure, token_label
 from . import AppContext
-from .inputs import check_prompt, check_whole, parse_list, refuse, tokenizer_or_notice, truncation_note, whole
+from ..checks import parse_list
+from .inputs import check_prompt, check_whole, refuse, tokenizer_or_notice, truncation_note, whole
 
 TITLE = "MLA & KV cache"
 MAX_TOKENS = 64           # rows a heatmap can still label legibly
@@ -105,14 +107,14 @@ def build(ctx: AppContext):
     cfg = ctx.config
     here = f"this model ({ctx.path.name})"
     models = with_references(here, cfg)
-    model_dtype = sizes.dtype_name(ctx.model.dtype)
+    model_dtype = dtype_name(ctx.model.dtype)
 
     def run(prompt, layer, head, dtype, kv_heads, context_model):
         try:
             fitted = check_prompt(tok, prompt, MAX_TOKENS)
             layer = check_whole("layer", layer, 0, cfg.num_hidden_layers - 1)
             head = check_whole("head", head, 0, cfg.num_attention_heads - 1)
-            dtype = sizes.dtype_name(dtype)
+            dtype = dtype_name(dtype)
             kv_heads = whole(kv_heads)
             per_model = kv_bytes_by_model(models, dtype, kv_heads)
             if context_model not in models:
@@ -178,7 +180,7 @@ def build(ctx: AppContext):
             layer = gr.Slider(0, cfg.num_hidden_layers - 1, 0, step=1, label="layer", elem_id="mla-layer")
             head = gr.Slider(0, cfg.num_attention_heads - 1, 0, step=1, label="head", elem_id="mla-head")
         with gr.Row():
-            dtype = gr.Radio(list(sizes.DTYPE_BYTES), value=DEFAULTS["dtype"], label="cache dtype",
+            dtype = gr.Radio(list(DTYPES), value=DEFAULTS["dtype"], label="cache dtype",
                              info="bytes per cached number: fp32 4, bf16 and fp16 2", elem_id="mla-dtype")
             kv_heads = gr.Number(default_kv_heads(cfg.num_attention_heads), precision=0, label="GQA key/value heads G",
                                  info="must divide each model's heads (a model with fewer heads uses H)",

@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
+from ..checks import DTYPES, dtype_name
 from ..evaluation import sizes
 from ..viz.text import human_bytes, human_count
 from . import AppContext
@@ -106,7 +107,7 @@ def build(ctx: AppContext) -> ModelTab:
     """Lay out the Model tab; call inside `with gr.Blocks():`."""
     cfg = ctx.config
     weights = sizes.weight_table(ctx.model.state_dict())  # the loaded model never changes: build rows once
-    start_dtype = sizes.dtype_name(ctx.model.dtype)
+    start_dtype = dtype_name(ctx.model.dtype)
     start_kv = sizes.kv_cache_summary(cfg, start_dtype)
 
     def kv_cache(dtype: Any):
@@ -137,7 +138,7 @@ def build(ctx: AppContext) -> ModelTab:
                 gr.Dataframe(params_table(ctx), headers=["parameters", "exact", "≈", "note"], datatype="str",
                              interactive=False, wrap=True, column_widths=["27%", "18%", "15%", "40%"])
                 gr.Markdown("### KV cache per token")
-                dtype = gr.Radio(list(sizes.DTYPE_BYTES), value=start_dtype, label="cache dtype",
+                dtype = gr.Radio(list(DTYPES), value=start_dtype, label="cache dtype",
                                  info="bytes per cached number: fp32 4, bf16 and fp16 2")
                 kv_plot = gr.Plot(kv_cache_figure(start_kv, cfg.num_hidden_layers), show_label=False)
         kv_table = gr.Dataframe(kv_cache_table(start_kv), headers=KV_COLUMNS,

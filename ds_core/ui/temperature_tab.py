@@ -28,7 +28,8 @@ from ..tokenizer import Tokenizer
 from ..viz import grouped_bars_figure, lines_figure, token_label
 from . import AppContext
 from .attention_tab import MAX_NEW_TOKENS, MAX_TOKENS, rounded
-from .inputs import check_prompt, parse_list, tokenizer_or_notice, truncation_note
+from ..checks import parse_list
+from .inputs import check_prompt, tokenizer_or_notice, truncation_note
 from .generate_tab import SEED_MAX
 from .inputs import check_whole, refuse
 
