@@ -34,7 +34,6 @@ class Command:
     summary: str
 
 
-
 @dataclass(frozen=True)
 class Group:
     """Commands chosen by the first argument; without one (or with an option first), `default` runs."""

@@ -218,6 +218,7 @@ def test_every_command_has_help(argv, capsys):
     (["bench", "mla", "--steps", "two"], ["argument --steps: invalid int value: 'two'", "bench mla --help"]),
     (["inspect", "assets/ds-tiny", "--dtype", "fp64"], ["argument --dtype", "'fp64'", "fp32"]),
     (["train-indexer", "--steps", "many"], ["argument --steps"]),
+    (["generate", "Hi", "--model", "m", "--device", "tpu"], ["argument --device", "must be cpu or cuda, got 'tpu'"]),
     (["eval", "--openings", "0"], ["--openings must be an integer >= 1, got 0"]),
 ])
 def test_bad_arguments_exit_2_with_one_error_line(argv, words, capsys):
