@@ -1,4 +1,5 @@
-"""python -m ds_core: inspect, generate and bench, as a user runs them (subprocess) and in-process for the rest."""
+"""python -m ds_core: its table of commands, their help and one-line errors; inspect, generate and bench as a user
+runs them (subprocess), and in-process for the rest."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ds_core import DeepSeekModel, ModelConfig, Tokenizer, generate
-from ds_core.__main__ import main
+from ds_core import CheckpointError, DeepSeekModel, ModelConfig, Tokenizer, generate
+from ds_core.__main__ import COMMANDS, main
 from ds_core.viz.text import human_count
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,22 +141,101 @@ def test_file_instead_of_dir(tiny_checkpoint, capsys):
     assert rc == 2 and "is a file" in err
 
 
+def fake_benchmark(seen: list, name: str) -> types.SimpleNamespace:
+    """A stand-in benchmark module that notes which one ran and with what --new-tokens."""
+    def add_arguments(parser):
+        parser.add_argument("--new-tokens", type=int, help="how many")
+    return types.SimpleNamespace(add_arguments=add_arguments, run=lambda args: seen.append((name, args.new_tokens)))
+
+
 def test_bench_delegates_with_its_arguments(monkeypatch, capsys):
     seen = []
-    bench = types.SimpleNamespace(main=lambda argv: seen.append(argv) or 0)
-    monkeypatch.setitem(sys.modules, "ds_core.perf", types.SimpleNamespace(decode_bench=bench))
-    monkeypatch.setitem(sys.modules, "ds_core.perf.decode_bench", bench)
-    rc, _, _ = cli(capsys, "bench", "--new-tokens", "8", "--help")
-    assert rc == 0 and seen == [["--new-tokens", "8", "--help"]]
+    for name in ("decode", "mla"):
+        monkeypatch.setitem(sys.modules, f"ds_core.perf.{name}_bench", fake_benchmark(seen, name))
+    for argv in (["bench", "--new-tokens", "8"], ["bench", "decode", "--new-tokens", "8"],
+                 ["bench", "mla", "--new-tokens", "3"]):
+        rc, _, _ = cli(capsys, *argv)
+        assert rc == 0
+    assert seen == [("decode", 8), ("decode", 8), ("mla", 3)]
+    rc, out, _ = cli(capsys, "bench", "--new-tokens", "8", "--help")  # --help goes to the benchmark, which stops
+    assert rc == 0 and out.startswith("usage: python -m ds_core bench decode") and "--new-tokens" in out
+    assert len(seen) == 3
 
 
 def test_bench_missing_module_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ds_core.perf", None)  # as if the module were not there
+    monkeypatch.setitem(sys.modules, "ds_core.perf.decode_bench", None)  # (even if an earlier test imported it)
     rc, _, err = cli(capsys, "bench")
     assert rc == 2 and "benchmark is not available" in err
 
 
 def test_usage_errors_exit_2(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["generate", "Hi"])  # --model is required
-    assert e.value.code == 2 and "--model" in capsys.readouterr().err
+    rc, _, err = cli(capsys, "generate", "Hi")  # --model is required
+    assert rc == 2 and "--model" in err
+
+
+# ---- the table of commands ----------------------------------------------------------------------------
+SEVEN = ("generate", "inspect", "bench", "train", "train-indexer", "eval", "card")
+
+
+def every_command() -> list[list[str]]:
+    """The argv that names each command in the table, a group's members included: ['bench', 'mla'], ..."""
+    out = []
+    for c in COMMANDS.commands:
+        out.append([c.name])
+        out += [[c.name, m.name] for m in getattr(c, "commands", ())]
+    return out
+
+
+def test_top_level_help_lists_every_command_with_a_summary():
+    r = run_cli("--help")
+    assert r.returncode == 0 and r.stderr == ""
+    listed = dict(line.split(maxsplit=1) for line in r.stdout.split("commands:\n")[1].split("\n\n")[0].splitlines())
+    assert set(SEVEN) <= set(listed) and set(listed) == {c.name for c in COMMANDS.commands}
+    assert all(summary.strip() for summary in listed.values())
+
+
+def test_bench_help_lists_the_benchmarks(capsys):
+    rc, out, err = cli(capsys, "bench", "--help")
+    assert rc == 0 and err == ""
+    listed = [line.split()[0] for line in out.split("benchmarks:\n")[1].split("\n\n")[0].splitlines()]
+    assert listed == ["decode", "mla", "prefill"]
+
+
+@pytest.mark.parametrize("argv", every_command(), ids=" ".join)
+def test_every_command_has_help(argv, capsys):
+    rc, out, err = cli(capsys, *argv, "--help")
+    assert rc == 0 and err == ""
+    assert out.startswith(f"usage: python -m ds_core {' '.join(argv)}")
+
+
+@pytest.mark.parametrize("argv, words", [
+    ([], ["no command given", "generate, inspect, bench, train, train-indexer, eval, card"]),
+    (["nope"], ["unknown command 'nope'", "--help"]),
+    (["--version"], ["unknown command '--version'"]),
+    (["bench", "nope"], ["unknown benchmark 'nope'", "decode, mla, prefill"]),
+    (["inspect", "assets/ds-tiny", "--colour"], ["unrecognized arguments: --colour", "inspect --help"]),
+    (["bench", "mla", "--steps", "two"], ["argument --steps: invalid int value: 'two'", "bench mla --help"]),
+    (["inspect", "assets/ds-tiny", "--dtype", "fp64"], ["argument --dtype", "'fp64'", "fp32"]),
+    (["train-indexer", "--steps", "many"], ["argument --steps"]),
+    (["generate", "Hi", "--model", "m", "--device", "tpu"], ["argument --device", "must be cpu or cuda, got 'tpu'"]),
+    (["eval", "--openings", "0"], ["--openings must be an integer >= 1, got 0"]),
+])
+def test_bad_arguments_exit_2_with_one_error_line(argv, words, capsys):
+    rc, out, err = cli(capsys, *argv)
+    assert rc == 2 and out == ""
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert all(w in err for w in words), err
+
+
+def test_a_usage_error_is_one_line_from_the_shell_too():
+    r = run_cli("bench", "prefill", "--window", "wide")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: argument --window: invalid int value: 'wide'")
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_traceback_on_request(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DS_CORE_TRACEBACK", "1")
+    with pytest.raises(CheckpointError, match="does not exist"):  # raised, not printed as `error: ...`
+        main(["inspect", str(tmp_path / "no_such_model")])

@@ -163,12 +163,12 @@ def test_indexer_save_load_round_trip(tmp_path, stack):
 def test_training_lowers_the_kl_and_writes_files_both_loaders_accept(tiny_checkpoint, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
-    from ds_core.training.train_indexer import main
+    from ds_core.__main__ import main
 
     path = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, path)
-    main(["--model", str(path), "--steps", "30", "--batch-size", "2", "--seq-len", "64", "--train-windows", "40",
-          "--eval-windows", "4", "--head-dim", "16"])
+    assert main(["train-indexer", "--model", str(path), "--steps", "30", "--batch-size", "2", "--seq-len", "64",
+                 "--train-windows", "40", "--eval-windows", "4", "--head-dim", "16"]) == 0
     out = capsys.readouterr().out
     assert "final training KL" in out and "k =  16: indexer" in out
     result = json.loads((path / CONFIG_FILE).read_text())["training"]

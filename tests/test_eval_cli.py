@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ds_core.__main__ import main
 from ds_core.evaluation import quality as evaluation
 
 
@@ -18,12 +19,12 @@ from ds_core.evaluation import quality as evaluation
     (["--stories", "0"], "--stories must be an integer >= 1, got 0"),
 ])
 def test_bad_options_exit_2_with_the_reason(argv, message, capsys):
-    assert evaluation.main(argv) == 2
+    assert main(["eval", *argv]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_dsa_without_a_trained_indexer_says_how_to_train_one(tmp_path, capsys):
-    assert evaluation.main(["--model", str(tmp_path), "--dsa-top-k", "8"]) == 2
+    assert main(["eval", "--model", str(tmp_path), "--dsa-top-k", "8"]) == 2
     assert f"python -m ds_core train-indexer --model {tmp_path}" in capsys.readouterr().err
 
 

@@ -79,3 +79,15 @@ def test_keep_freed_memory_stops_refaulting_large_tensors():
                                        check=True).stdout) for mode in ("default", "keep")}
     assert faults["default"] > 4 * 20_000, faults
     assert faults["keep"] < faults["default"] / 10, faults
+
+
+def test_train_command_sets_every_option_of_the_config(monkeypatch, tmp_path):
+    """python -m ds_core train: one flag per TrainConfig field (--no-FLAG for a bool), and --resume."""
+    from ds_core.__main__ import main
+    from ds_core.training import train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, resume=False: calls.append((cfg, resume)))
+    assert main(["train", "--steps", "3", "--lr", "0.01", "--no-bf16", "--work", str(tmp_path), "--resume"]) == 0
+    assert calls == [(TrainConfig(steps=3, lr=0.01, bf16=False, work=str(tmp_path)), True)]
+    assert main(["train"]) == 0 and calls[-1] == (TrainConfig(), False)

@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from . import continuations
 from ..checks import DTYPES, check_int
+from ..cli import add_device_argument, add_json_argument, add_mla_argument
 from ..data import recall, stories
 from ..generate import generate
 from ..model.moe import Router
@@ -240,6 +240,7 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ---- python -m ds_core eval -------------------------------------------------------------------------------
 def backend_from_args(args):
     """The attention backend the command line asks for: dense, --window W [--sinks G] or --dsa-top-k K."""
     from ..attention import DenseAttention, DSAAttention, WindowAttention
@@ -253,39 +254,33 @@ def backend_from_args(args):
     return DenseAttention(temperature=args.attn_temperature)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..model import DeepSeekModel
-
-    parser = argparse.ArgumentParser(prog="python -m ds_core eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="assets/ds-tiny", metavar="PATH")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
-    parser.add_argument("--device", default="cpu")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--model", default="assets/ds-tiny", metavar="PATH", help="(default assets/ds-tiny)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weight dtype (default fp32)")
+    add_device_argument(parser)
     parser.add_argument("--window", type=int, metavar="W", help="sliding-window attention over W tokens")
     parser.add_argument("--sinks", type=int, default=0, metavar="G", help="with --window: G sink tokens")
     parser.add_argument("--dsa-top-k", type=int, metavar="K",
                         help="DSA attention over each query's top K tokens (needs the model's trained indexer)")
     parser.add_argument("--attn-temperature", type=float, default=1.0, metavar="T", help="attention τ_attn")
-    parser.add_argument("--mla", choices=("naive", "absorbed"), default=None)
+    add_mla_argument(parser)
     parser.add_argument("--per-bucket", type=int, default=100, help="recall probes per distance bucket")
     parser.add_argument("--stories", type=int, default=200, help="story windows for perplexity")
     parser.add_argument("--openings", type=int, default=50, help="held-out openings to continue greedily")
-    parser.add_argument("--json", metavar="FILE", help="also write the full results here")
-    args = parser.parse_args(argv)
-    try:
-        for flag in ("per_bucket", "stories", "openings"):
-            check_int("--" + flag.replace("_", "-"), getattr(args, flag), 1)
-        backend = backend_from_args(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    add_json_argument(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..model import DeepSeekModel
+
+    # The options first, before anything loads.
+    for flag in ("per_bucket", "stories", "openings"):
+        check_int("--" + flag.replace("_", "-"), getattr(args, flag), 1)
+    backend = backend_from_args(args)
     model = DeepSeekModel.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
     tok = Tokenizer.from_pretrained(args.model)
     result = evaluate(model, tok, args.per_bucket, args.stories, RunOptions(backend, args.mla), args.openings)
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,6 +11,7 @@ show the same numbers.
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -135,6 +136,18 @@ def report(source: str | Path | ModelConfig, dtype: Any = "bf16") -> str:
          f"{kv['latent_numbers_per_layer']:,} per layer = {cfg.kv_lora_rank}+{cfg.qk_rope_head_dim}"),
     ], align="lrrl"), f"latent cache is {kv['ratio']:.1f}x smaller than the naive one"]
     return "\n".join(lines)
+
+
+# ---- python -m ds_core inspect ----------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Read only config.json (no weights), so it works for any model size."
+    parser.add_argument("path", metavar="PATH", help="checkpoint directory")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
+                        help="dtype of the KV cache for the byte counts (default bf16)")
+
+
+def run(args: argparse.Namespace) -> None:
+    print(report(args.path, dtype=args.dtype))
 
 
 def _show(key: str, value: Any) -> Any:

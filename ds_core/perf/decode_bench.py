@@ -1,8 +1,7 @@
 """Decode speed at batch 1 on CPU: ds_core against transformers' `generate`, same checkpoint, one run.
 
-    python -m ds_core bench [--model DIR] [--prompt-len 32] [--new-tokens 128] [--repeats 3] [--threads N]
-                            [--no-compile]
-    python -m ds_core.perf.decode_bench ...          (the same)
+    python -m ds_core bench [decode] [--model DIR] [--prompt-len 32] [--new-tokens 128] [--repeats 3] [--threads N]
+                                     [--no-compile] [--json PATH]
 
 ds_core is timed twice: eager, and with its torch.compile'd decode step (generate_ids(compile=True), see
 ds_core.perf.compiled_decode). The compiled step is compiled during the warm-up; that time is printed on its own
@@ -35,7 +34,6 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -43,8 +41,11 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_int
+from ..cli import add_mla_argument
 from ..generate import SamplingParams, generate_ids
 from ..model import DeepSeekModel
+from .command import Report, add_run_arguments, torch_threads
 
 COMPILED = "ds_core compiled"  # the engine name of ds_core with its torch.compile'd decode step
 
@@ -178,6 +179,21 @@ class BenchResult:
         rates = [r.tokens_per_s for r in self.runs[engine]]
         return max(rates) / min(rates)
 
+    def rows(self) -> list[dict]:
+        """One dict per engine: the figures of the table's rows, unrounded."""
+        return [{"engine": e, "tokens_per_s": self.median_tokens_per_s(e),
+                 "ms_per_token": 1000 / self.median_tokens_per_s(e),
+                 "runs_tokens_per_s": [r.tokens_per_s for r in self.runs[e]]} for e in self.engines]
+
+    def report(self) -> Report:
+        """The table, with its rows and this run's settings for --json."""
+        settings = {"model": self.model, "random_weights": self.random_weights, "params": self.params,
+                    "prompt_len": self.prompt_len, "new_tokens": self.new_tokens, "threads": self.threads,
+                    "mla": self.mla, "hf_attention": self.hf_attention, "transformers": _hf_version(),
+                    "ratio": self.ratio, "matching_tokens": self.matching_tokens,
+                    "compile_seconds": self.compile_seconds, "compile_error": self.compile_error}
+        return Report(self.table(), settings, self.rows())
+
     def table(self) -> str:
         what = ("RANDOM weights, DeepSeek-V3 architecture, saved by transformers (nonsense text, real speed)"
                 if self.random_weights else "weights from the checkpoint")
@@ -195,10 +211,9 @@ class BenchResult:
             "",
             f"  {'engine':<18}{'tokens/s':>10}{'ms/token':>10}   each run (tokens/s)",
         ]
-        for engine in self.engines:
-            tps = self.median_tokens_per_s(engine)
-            runs = ", ".join(f"{r.tokens_per_s:.1f}" for r in self.runs[engine])
-            lines.append(f"  {engine:<18}{tps:>10.1f}{1000 / tps:>10.3f}   {runs}")
+        for row in self.rows():
+            runs = ", ".join(f"{rate:.1f}" for rate in row["runs_tokens_per_s"])
+            lines.append(f"  {row['engine']:<18}{row['tokens_per_s']:>10.1f}{row['ms_per_token']:>10.3f}   {runs}")
         match = self.matching_tokens
         same = "yes" if match == self.new_tokens else f"NO (the first {match} of {self.new_tokens} agree)"
         lines.append("")
@@ -234,9 +249,10 @@ def run_benchmark(model_dir: str | Path | None = None, prompt_len: int = 32, new
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    if prompt_len < 1 or new_tokens < 2 or repeats < 1 or threads < 1:
-        raise ValueError("need prompt_len >= 1, new_tokens >= 2 (a rate needs two tokens), repeats >= 1, "
-                         "threads >= 1")
+    check_int("prompt_len", prompt_len, 1)
+    check_int("new_tokens", new_tokens, 2, why=" (a rate needs two tokens)")
+    check_int("repeats", repeats, 1)
+    check_int("threads", threads, 1)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix="ds_core_bench_") as tmp:
@@ -268,9 +284,7 @@ def run_benchmark(model_dir: str | Path | None = None, prompt_len: int = 32, new
     compile = compile and ours.compile_decode().supports(batch=1, mla=mla)  # naive MLA: no compiled step
     if not compile:
         del engines[COMPILED]
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for timed in engines.values():  # warm-up: first-call allocations and lazy initialisation; compiling
             timed(min(new_tokens, 8))
         if compile:
@@ -279,12 +293,10 @@ def run_benchmark(model_dir: str | Path | None = None, prompt_len: int = 32, new
         for _ in range(repeats):
             for engine, timed in engines.items():
                 gc.collect()
-                run = timed(new_tokens)
-                if len(run.tokens) != new_tokens:  # would make the two rates incomparable
-                    raise RuntimeError(f"{engine} produced {len(run.tokens)} tokens, expected {new_tokens}")
-                result.runs[engine].append(run)
-    finally:
-        torch.set_num_threads(previous_threads)
+                timed_run = timed(new_tokens)
+                if len(timed_run.tokens) != new_tokens:  # would make the two rates incomparable
+                    raise RuntimeError(f"{engine} produced {len(timed_run.tokens)} tokens, expected {new_tokens}")
+                result.runs[engine].append(timed_run)
     return result
 
 
@@ -293,32 +305,24 @@ def _hf_version() -> str:
     return transformers.__version__
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ds_core bench", description=(
+# ---- python -m ds_core bench decode -----------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
         "Decode tokens/s at batch 1 on CPU: ds_core against transformers' generate on the same checkpoint, "
-        "in one run; prints both (ds_core eager and with its compiled decode step), ms/token and their ratios."),
-        epilog="python -m ds_core bench mla --help: naive vs absorbed MLA decoding as the context grows.")
-    p.add_argument("--model", metavar="PATH", help="Hugging Face DeepSeek-V2/V3 checkpoint directory (default: a "
-                   "random-weight DeepSeek-V3 checkpoint of the shipped model's shape, built for the run)")
-    p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (default 32)")
-    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per run, >= 2 (default 128)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per engine, alternated (default 3)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads, the same for both engines (default 1)")
-    p.add_argument("--mla", choices=("absorbed", "naive"), default=None,
-                   help="ds_core's MLA implementation (default absorbed: the latent cache)")
-    p.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="time ds_core eagerly only, without its torch.compile'd decode step (which "
-                        "takes about a minute to compile, and needs the absorbed MLA: --mla naive skips it too)")
-    args = p.parse_args(argv)
-    try:
-        result = run_benchmark(args.model, args.prompt_len, args.new_tokens, args.repeats, args.threads, args.mla,
-                               compile=args.compile)
-    except (ValueError, OSError) as e:  # CheckpointError and ConfigError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(result.table())
-    return 0
+        "in one run; prints both (ds_core eager and with its compiled decode step), ms/token and their ratios.")
+    parser.add_argument("--model", metavar="PATH", help="Hugging Face DeepSeek-V2/V3 checkpoint directory "
+                        "(default: a random-weight DeepSeek-V3 checkpoint of the shipped model's shape, built for "
+                        "the run)")
+    parser.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (default 32)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per run, >= 2 (default 128)")
+    add_run_arguments(parser, repeats=3, what="runs per engine, alternated")
+    add_mla_argument(parser)
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="time ds_core eagerly only, without its torch.compile'd decode step (which "
+                             "takes about a minute to compile, and needs the absorbed MLA: --mla naive skips it too)")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def run(args: argparse.Namespace) -> None:
+    result = run_benchmark(args.model, args.prompt_len, args.new_tokens, args.repeats, args.threads, args.mla,
+                           compile=args.compile)
+    result.report().show(args.json)

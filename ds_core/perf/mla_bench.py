@@ -1,7 +1,7 @@
 """Naive vs absorbed MLA decoding as the context grows: tokens/s and KV-cache bytes, side by side, one run.
 
     python -m ds_core bench mla [--model DIR] [--contexts 128,512,2048] [--steps 32] [--repeats 5] [--threads 1]
-    python -m ds_core.perf.mla_bench ...          (the same)
+                                [--json PATH]
 
 For each context length the model prefills that many random token ids into a NaiveCache (per-head K and V)
 and a LatentCache (MLA's c_KV and rope key), then times bursts of greedy single-token decode steps on each,
@@ -16,7 +16,6 @@ naive / latent cache bytes is what MLA saves in memory, and is the same at every
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from ..checks import check_int, parse_list
 from ..viz.text import human_bytes
 from ..labs.mla import by_context, decode_speed
 from ..model import DeepSeekModel
-from .command import add_model_argument, print_report, torch_threads
+from .command import Report, add_model_argument, add_run_arguments, torch_threads
 
 
 def format_table(pairs: list[dict], steps: int, repeats: int) -> str:
@@ -41,8 +40,11 @@ def format_table(pairs: list[dict], steps: int, repeats: int) -> str:
     return "\n".join(lines)
 
 
-def run(model_dir: str | Path, contexts: list[int], steps: int, repeats: int, threads: int) -> str:
-    """Load model_dir, time it, and return the report. Sets torch's threads for the run, then restores them."""
+def benchmark(model_dir: str | Path, contexts: list[int], steps: int, repeats: int, threads: int) -> Report:
+    """Load model_dir and time it -> the report; its rows are by_context's. Sets torch's threads for the run,
+    then restores them."""
+    for what, value in (("--steps", steps), ("--repeats", repeats), ("--threads", threads)):
+        check_int(what, value, 1)
     model = DeepSeekModel.from_pretrained(model_dir, dtype=torch.float32)
     cfg = model.config
     with torch_threads(threads):
@@ -52,7 +54,7 @@ def run(model_dir: str | Path, contexts: list[int], steps: int, repeats: int, th
     note = (f"\n  contexts {', '.join(map(str, beyond))} exceed the model's max_position_embeddings "
             f"({cfg.max_position_embeddings}): decoded all the same, the work per step does not depend on it"
             if beyond else "")
-    return "\n".join([
+    text = "\n".join([
         "MLA decode benchmark: naive (per-head K/V cache) vs absorbed (latent cache), batch 1, greedy, fp32, CPU",
         f"  model      {model_dir}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} heads, kv_lora_rank {cfg.kv_lora_rank})",
@@ -60,6 +62,8 @@ def run(model_dir: str | Path, contexts: list[int], steps: int, repeats: int, th
         "",
         format_table(pairs, steps, repeats) + note,
     ])
+    settings = {"model": str(model_dir), "steps": steps, "repeats": repeats, "threads": threads}
+    return Report(text, settings, pairs)
 
 
 def parse_contexts(text: str) -> list[int]:
@@ -73,22 +77,16 @@ def parse_contexts(text: str) -> list[int]:
     return contexts
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ds_core bench mla", description=(
-        "Decode tokens/s and KV-cache bytes of naive vs absorbed MLA at several context lengths, in one run; "
-        "prints both and their ratios."))
-    add_model_argument(p)
-    p.add_argument("--contexts", type=parse_contexts, default=[128, 512, 2048],
-                   help="comma list of cached tokens to decode after (default 128,512,2048)")
-    p.add_argument("--steps", type=int, default=32, help="decode steps per timed burst (default 32)")
-    p.add_argument("--repeats", type=int, default=5, help="timed bursts per implementation and context (default 5)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.repeats < 1 or args.threads < 1:
-        print("error: --steps, --repeats and --threads must be >= 1", file=sys.stderr)
-        return 2
-    return print_report(lambda: run(args.model, args.contexts, args.steps, args.repeats, args.threads))
+# ---- python -m ds_core bench mla --------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Decode tokens/s and KV-cache bytes of naive vs absorbed MLA at several context "
+                          "lengths, in one run; prints both and their ratios.")
+    add_model_argument(parser)
+    parser.add_argument("--contexts", type=parse_contexts, default=[128, 512, 2048],
+                        help="comma list of cached tokens to decode after (default 128,512,2048)")
+    parser.add_argument("--steps", type=int, default=32, help="decode steps per timed burst (default 32)")
+    add_run_arguments(parser, repeats=5, what="bursts per implementation and context")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def run(args: argparse.Namespace) -> None:
+    benchmark(args.model, args.contexts, args.steps, args.repeats, args.threads).show(args.json)

@@ -2,7 +2,6 @@
 
     python -m ds_core bench prefill [--model DIR] [--lengths 2048 8192 16384] [--window 256] [--sinks 4]
                                     [--repeats 3] [--threads 1] [--device cpu] [--json PATH]
-    python -m ds_core.perf.prefill_bench ...          (the same)
 
 What is timed: the engine's prefill as generate_ids runs it. T random token ids [1, T] (seeded, the same for
 both backends) go through the model in one forward pass that fills a fresh KV cache (new_cache(mla, layers,
@@ -36,7 +35,6 @@ import argparse
 import ctypes
 import ctypes.util
 import gc
-import json
 import math
 import statistics
 import sys
@@ -52,7 +50,8 @@ from ..checks import check_int
 from ..cache import new_cache
 from ..viz.text import table
 from ..model import DeepSeekModel
-from .command import add_model_argument, print_report, torch_threads
+from ..cli import add_device_argument
+from .command import Report, add_model_argument, add_run_arguments, torch_threads
 
 MiB = 1 << 20
 
@@ -270,15 +269,13 @@ def format_table(comparisons: list[Comparison]) -> str:
 
 
 # ---- the command ------------------------------------------------------------------------------------------
-def run(model_dir: str | Path, lengths: list[int], window: int, sinks: int, repeats: int, threads: int,
-        device: str = "cpu", json_path: str | Path | None = None) -> str:
-    """Load model_dir, compare, write json_path (if given), and return the report. Sets torch's threads for
-    the run, then restores them."""
+def benchmark(model_dir: str | Path, lengths: list[int], window: int, sinks: int, repeats: int, threads: int,
+              device: str = "cpu") -> Report:
+    """Load model_dir and compare -> the report; its rows are the comparisons' as_dict(). Sets torch's threads
+    for the run, then restores them."""
     for what, value, low in (("each length T", min(lengths, default=0), 1), ("--window", window, 1),
                              ("--sinks", sinks, 0), ("--repeats", repeats, 1), ("--threads", threads, 1)):
         check_int(what, value, low)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: this torch build sees no CUDA device; use --device cpu")
     model = DeepSeekModel.from_pretrained(model_dir, device=device, dtype=torch.float32)
     cfg = model.config
     with torch_threads(threads):
@@ -286,7 +283,7 @@ def run(model_dir: str | Path, lengths: list[int], window: int, sinks: int, repe
                               on_length=lambda T: print(f"  ... T={T}", file=sys.stderr, flush=True))
     method = memory_method(model.device)
     beyond = [T for T in lengths if T > cfg.max_position_embeddings]
-    report = "\n".join([
+    text = "\n".join([
         f"prefill benchmark: dense (SDPA, causal) vs window {window} + {sinks} sinks (block-sparse), batch 1, "
         f"fp32, {model.device.type}",
         f"  model      {model_dir}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
@@ -302,31 +299,23 @@ def run(model_dir: str | Path, lengths: list[int], window: int, sinks: int, repe
     ] + ([f"lengths {', '.join(map(str, beyond))} exceed the model's max_position_embeddings "
           f"({cfg.max_position_embeddings}): run all the same, the work of a pass does not depend on it"]
          if beyond else []))
-    if json_path is not None:
-        Path(json_path).write_text(json.dumps({
-            "model": str(model_dir), "window": window, "sinks": sinks, "repeats": repeats, "threads": threads,
-            "device": model.device.type, "memory": method, "torch": torch.__version__,
-            "rows": [c.as_dict() for c in comparisons]}, indent=2))
-    return report
+    settings = {"model": str(model_dir), "window": window, "sinks": sinks, "repeats": repeats, "threads": threads,
+                "device": model.device.type, "memory": method}
+    return Report(text, settings, [c.as_dict() for c in comparisons])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ds_core bench prefill", description=(
-        "Prefill time and peak memory of dense attention (SDPA) vs a sliding window + sink tokens at several "
-        "lengths, in one run; prints both and their ratios."))
-    add_model_argument(p)
-    p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 16384], metavar="T",
-                   help="prompt lengths in tokens (default 2048 8192 16384)")
-    p.add_argument("--window", type=int, default=256, help="window size w in tokens, >= 1 (default 256)")
-    p.add_argument("--sinks", type=int, default=4, help="sink tokens every query reads, >= 0 (default 4)")
-    p.add_argument("--repeats", type=int, default=3, help="timed prefills per backend and length (default 3)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default cpu)")
-    p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
-    args = p.parse_args(argv)
-    return print_report(lambda: run(args.model, args.lengths, args.window, args.sinks, args.repeats, args.threads,
-                                    args.device, args.json))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Prefill time and peak memory of dense attention (SDPA) vs a sliding window + sink "
+                          "tokens at several lengths, in one run; prints both and their ratios.")
+    add_model_argument(parser)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 16384], metavar="T",
+                        help="prompt lengths in tokens (default 2048 8192 16384)")
+    parser.add_argument("--window", type=int, default=256, help="window size w in tokens, >= 1 (default 256)")
+    parser.add_argument("--sinks", type=int, default=4, help="sink tokens every query reads, >= 0 (default 4)")
+    add_run_arguments(parser, repeats=3, what="prefills per backend and length")
+    add_device_argument(parser)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def run(args: argparse.Namespace) -> None:
+    benchmark(args.model, args.lengths, args.window, args.sinks, args.repeats, args.threads,
+              args.device).show(args.json)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
@@ -241,12 +240,15 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_core card", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="assets/ds-tiny", metavar="PATH")
-    parser.add_argument("--per-bucket", type=int, default=100)
-    parser.add_argument("--samples", type=int, default=3, help="held-out openings to continue")
-    args = parser.parse_args(argv)
+# ---- python -m ds_core card -------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--model", default="assets/ds-tiny", metavar="PATH", help="(default assets/ds-tiny)")
+    parser.add_argument("--per-bucket", type=int, default=100, help="recall probes per distance bucket (default 100)")
+    parser.add_argument("--samples", type=int, default=3, help="held-out openings to continue (default 3)")
+
+
+def run(args: argparse.Namespace) -> None:
     path = Path(args.model)
     model = DeepSeekModel.from_pretrained(path)
     tok = Tokenizer.from_pretrained(path)
@@ -262,8 +264,3 @@ def main(argv: list[str] | None = None) -> int:
     print(format_sweep(sweep_rows))
     (path / "README.md").write_text(card(path, result, rows, training, sampled, sweep_rows))
     print(f"wrote {path / 'README.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

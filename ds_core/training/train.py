@@ -28,12 +28,13 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..cli import add_config_arguments, config_from_args
 from ..config import ModelConfig
 from ..data import bpe, stories
 from ..evaluation.quality import ExpertLoad, induction_score
@@ -301,20 +302,12 @@ def export(model: DeepSeekModel, cfg: TrainConfig, log: list[dict]) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_core train", description=__doc__.split("\n\n")[0])
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
+# ---- python -m ds_core train ------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    add_config_arguments(parser, TrainConfig)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
-    args = vars(parser.parse_args(argv))
-    resume = args.pop("resume")
-    train(TrainConfig(**args), resume=resume)
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run(args: argparse.Namespace) -> None:
+    train(config_from_args(TrainConfig, args), resume=args.resume)

@@ -15,13 +15,13 @@ the last k tokens (a sliding window) for comparison, counted over queries with m
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..attention.dsa import DSAAttention, IndexerStack
+from ..cli import add_config_arguments, config_from_args
 from ..evaluation.quality import story_windows
 from ..model import DeepSeekModel
 from ..tokenizer import Tokenizer
@@ -154,18 +154,16 @@ def train(cfg: IndexerTrainConfig) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_core train-indexer", description=__doc__.split("\n\n")[0])
-    for f in fields(IndexerTrainConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    cfg = IndexerTrainConfig(**vars(parser.parse_args(argv)))
+# ---- python -m ds_core train-indexer ----------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    add_config_arguments(parser, IndexerTrainConfig)
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = config_from_args(IndexerTrainConfig, args)
     result = train(cfg)
     print(f"final training KL {result['final_kl']:.4f} (mean of the last 20 steps)")
     print("before training: " + format_eval(result["before"]))
     print("after training:  " + format_eval(result["after"]))
     print(f"saved {Path(cfg.model) / 'indexer.safetensors'} and indexer_config.json")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
