@@ -3,9 +3,9 @@
     python app.py                          # the shipped model, assets/ds-tiny, at http://127.0.0.1:7860
     python app.py --model PATH --port 7861
 
-The model is loaded once at start-up and shared by every tab. Each tab is a module in ds_core/ui/ (see its
-__init__ for what a tab provides); this file only assembles them. The server binds 127.0.0.1 unless --host
-says otherwise.
+The model and its tokenizer are loaded once at start-up and shared by every tab. Each tab is a module in
+ds_core/ui/ (see its __init__ for what a tab provides); this file only assembles them. The server binds 127.0.0.1
+unless --host says otherwise.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def build_app(model_path: str | Path, model=None):
     path = Path(model_path)
     if model is None:
         model = DeepSeekModel.from_pretrained(path, device="cpu", dtype=torch.float32)
-    ctx = AppContext(path=path, model=model)
+    ctx = AppContext.load(path, model)  # the tokenizer too, once for every tab
     with gr.Blocks(title="DeepSeek Inference Explorer", analytics_enabled=False) as demo:
         gr.Markdown(f"# DeepSeek Inference Explorer\n`{path}`: {ctx.config.model_type}, "
                     f"{human_count(param_summary(ctx.config)['total'])} parameters")

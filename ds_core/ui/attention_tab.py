@@ -11,7 +11,7 @@ positions; or DSA, whose lightning indexer picks each query's top-k keys) at att
   KL(dense ‖ scheme) averaged over the T positions, and how often the greedy next token changes
 - on request, a continuation generated with the scheme, streamed beside the dense one
 
-Events (api_name):
+Events (api_name), each served by the handler on_<api_name>:
     attention(prompt, scheme, window, sinks, global_positions, top_k, tau_attn, layer, head)
         -> (summary markdown, measurements table, mask figure, probabilities figure)
     attention_generate(prompt, scheme, window, sinks, global_positions, top_k, tau_attn,
@@ -21,9 +21,11 @@ scheme is "dense", "window" or "dsa"; options of the schemes not chosen are igno
 
 from __future__ import annotations
 
+from functools import partial
 from itertools import zip_longest
 from numbers import Real
 from pathlib import Path
+from typing import Iterator
 
 import gradio as gr
 import pandas as pd
@@ -32,13 +34,14 @@ import torch
 
 from ..attention import DenseAttention, DSAAttention, WindowAttention, check_temperature
 from ..attention.dsa import CONFIG_FILE, TRAIN_COMMAND, WEIGHTS_FILE
-from ..labs.attention import fraction_computed, next_token_divergence
+from ..checks import parse_list
 from ..generate import generate
-from ..viz import heatmap_figure, token_label
+from ..labs.attention import fraction_computed, next_token_divergence
+from ..viz import heatmap_figure
 from . import AppContext
 from .generate_tab import SEED_MAX
-from ..checks import parse_list
-from .inputs import check_prompt, check_whole, refuse, tokenizer_or_notice, truncation_note
+from .inputs import (check_layer_head, check_prompt, check_whole, layer_head_sliders, no_tokenizer_notice,
+                     prompt_box, prompt_tokens, refuse, truncation_note)
 
 TITLE = "Attention & masks"
 MAX_TOKENS = 64        # rows and columns a heatmap can still label legibly
@@ -162,103 +165,119 @@ INTRO = ("Attention lets each query token read earlier key tokens. A **sparse sc
          "picture is a real forward pass on your prompt.")
 
 
+def max_new_tokens_for(cfg) -> int:
+    """The most new tokens one side-by-side generation may ask for: MAX_NEW_TOKENS, or what the context leaves
+    after the longest prompt this tab takes."""
+    return min(MAX_NEW_TOKENS, cfg.max_position_embeddings - MAX_TOKENS)
+
+
+def no_indexer_note(path: Path) -> str:
+    return (f"**DSA top-k** needs a lightning indexer trained for this model ({WEIGHTS_FILE} and {CONFIG_FILE} in "
+            f"`{path}`), and there is none yet. Create it with `{TRAIN_COMMAND.format(path=path)}`; the tab reads "
+            "it on the next request.")
+
+
+# ---- the handlers (plain functions: build wires them, tests call them) ---------------------------------------
+def on_attention(ctx: AppContext, prompt, scheme, window, sinks, global_positions, top_k, tau_attn, layer,
+                 head) -> tuple:
+    """(summary markdown, measurements table, mask figure, probabilities figure) of prompt under the scheme."""
+    try:
+        fitted = check_prompt(ctx.tokenizer, prompt, MAX_TOKENS)
+        backend = make_backend(ctx.path, ctx.config.max_position_embeddings, scheme, window, sinks,
+                               global_positions, top_k, tau_attn)
+        layer, head = check_layer_head(ctx.config, layer, head)
+    except ValueError as e:
+        raise refuse(e) from None
+    ids, labels = prompt_tokens(ctx.tokenizer, fitted)
+    T = ids.shape[1]
+    result = analyse(ctx.model, ids, backend, layer, head)
+    summary = (f"**{T} tokens** · `{describe(backend)}` · mask [{T}, {T}] · traced "
+               f"`layers.{layer}.attn.probs` [1, {result['heads']}, {T}, {T}], head {head} shown · "
+               f"how it ran: {result['note']}" + truncation_note(fitted, MAX_TOKENS))
+    return (summary, rounded(measurements(result, T)), *figures(result, labels, layer, head, backend))
+
+
+def on_attention_generate(ctx: AppContext, prompt, scheme, window, sinks, global_positions, top_k, tau_attn,
+                          temperature, max_new_tokens, seed) -> Iterator[tuple[str, str, str]]:
+    """Stream the scheme's continuation beside the dense one: (scheme text, dense text, stats) per step."""
+    tok = ctx.tokenizer
+    try:
+        fitted = check_prompt(tok, prompt, MAX_TOKENS)
+        backend = make_backend(ctx.path, ctx.config.max_position_embeddings, scheme, window, sinks,
+                               global_positions, top_k, tau_attn)
+        n = check_whole("max new tokens", max_new_tokens, 1, max_new_tokens_for(ctx.config))
+        seed = check_whole("seed", seed, 0, SEED_MAX)
+        streams = [generate(ctx.model, tok, fitted.text, temperature=temperature, max_new_tokens=n, seed=seed,
+                            backend=b) for b in (backend, DenseAttention())]
+    except ValueError as e:
+        raise refuse(e) from None
+    texts, ids = ["", ""], [[], []]
+    for pair in zip_longest(*streams):  # in lockstep, so both grow together; one may stop early at EOS
+        for i, step in enumerate(pair):
+            if step is not None:
+                texts[i] += step.text
+                ids[i].append(step.token_id)
+        yield texts[0], texts[1], stats_markdown(*ids) + truncation_note(fitted, MAX_TOKENS)
+
+
 # ---- the tab ------------------------------------------------------------------------------------------------
-def build(ctx: AppContext):
+def scheme_options() -> list:
+    """A row of the schemes' options: window w, global sinks g, global positions, DSA top-k, τ_attn."""
+    with gr.Row():
+        return [gr.Number(DEFAULTS["window"], precision=0, label="window w", info="the last w tokens, itself included",
+                          elem_id="attn-window"),
+                gr.Number(DEFAULTS["sinks"], precision=0, label="global sinks g", info="the first g tokens",
+                          elem_id="attn-sinks"),
+                gr.Textbox(DEFAULTS["global_positions"], label="global positions",
+                           info="comma list, e.g. 5, 12: read by and reading every token", elem_id="attn-globals"),
+                gr.Number(DEFAULTS["top_k"], precision=0, label="DSA top-k", info="keys each query reads",
+                          elem_id="attn-top-k"),
+                gr.Number(DEFAULTS["tau_attn"], label="τ_attn", info="> 0; 1 = the model as trained",
+                          elem_id="attn-tau")]
+
+
+def sampling_options(max_new: int) -> list:
+    """A row of the side-by-side generation's settings: sampling temperature τ, max new tokens, seed."""
+    with gr.Row():
+        return [gr.Slider(0, 2, DEFAULTS["temperature"], step=0.05, label="sampling temperature τ",
+                          elem_id="attn-temperature"),
+                gr.Slider(1, max_new, min(DEFAULTS["max_new_tokens"], max_new), step=1,
+                          label=f"max new tokens (1 to {max_new})", elem_id="attn-max-new-tokens"),
+                gr.Number(DEFAULTS["seed"], precision=0, minimum=0, label="seed", elem_id="attn-seed")]
+
+
+def build(ctx: AppContext) -> gr.Button | None:
     """Lay out the tab; call inside `with gr.Blocks():`. None when the checkpoint has no tokenizer."""
-    tok = tokenizer_or_notice(ctx, TITLE)
-    if tok is None:
+    if no_tokenizer_notice(ctx, TITLE):
         return None
-    cfg, context = ctx.config, ctx.config.max_position_embeddings
-    max_new = min(MAX_NEW_TOKENS, context - MAX_TOKENS)
-
-    def run(prompt, scheme, window, sinks, global_positions, top_k, tau_attn, layer, head):
-        try:
-            fitted = check_prompt(tok, prompt, MAX_TOKENS)
-            backend = make_backend(ctx.path, context, scheme, window, sinks, global_positions, top_k, tau_attn)
-            layer = check_whole("layer", layer, 0, cfg.num_hidden_layers - 1)
-            head = check_whole("head", head, 0, cfg.num_attention_heads - 1)
-        except ValueError as e:
-            raise refuse(e) from None
-        ids = torch.tensor([tok.encode(fitted.text)])
-        T = ids.shape[1]
-        labels = [token_label(t) for t in tok.token_strings(ids[0].tolist())]
-        result = analyse(ctx.model, ids, backend, layer, head)
-        summary = (f"**{T} tokens** · `{describe(backend)}` · mask [{T}, {T}] · traced "
-                   f"`layers.{layer}.attn.probs` [1, {result['heads']}, {T}, {T}], head {head} shown · "
-                   f"how it ran: {result['note']}" + truncation_note(fitted, MAX_TOKENS))
-        return (summary, rounded(measurements(result, T)), *figures(result, labels, layer, head, backend))
-
-    def run_generate(prompt, scheme, window, sinks, global_positions, top_k, tau_attn, temperature,
-                     max_new_tokens, seed):
-        """Stream the scheme's continuation beside the dense one: (scheme text, dense text, stats) per step."""
-        try:
-            fitted = check_prompt(tok, prompt, MAX_TOKENS)
-            backend = make_backend(ctx.path, context, scheme, window, sinks, global_positions, top_k, tau_attn)
-            n = check_whole("max new tokens", max_new_tokens, 1, max_new)
-            seed = check_whole("seed", seed, 0, SEED_MAX)
-            streams = [generate(ctx.model, tok, fitted.text, temperature=temperature, max_new_tokens=n, seed=seed,
-                                backend=b) for b in (backend, DenseAttention())]
-        except ValueError as e:
-            raise refuse(e) from None
-        texts, ids = ["", ""], [[], []]
-        for pair in zip_longest(*streams):  # in lockstep, so both grow together; one may stop early at EOS
-            for i, step in enumerate(pair):
-                if step is not None:
-                    texts[i] += step.text
-                    ids[i].append(step.token_id)
-            yield texts[0], texts[1], stats_markdown(*ids) + truncation_note(fitted, MAX_TOKENS)
-
     with gr.Tab(TITLE):
         gr.Markdown(INTRO)
         if not has_indexer(ctx.path):
-            gr.Markdown(f"**DSA top-k** needs a lightning indexer trained for this model ({WEIGHTS_FILE} and "
-                        f"{CONFIG_FILE} in `{ctx.path}`), and there is none yet. Create it with "
-                        f"`{TRAIN_COMMAND.format(path=ctx.path)}`; the tab reads it on the next request.")
+            gr.Markdown(no_indexer_note(ctx.path))
         with gr.Row():
-            prompt = gr.Textbox(DEFAULTS["prompt"], label=f"prompt (at most its last {MAX_TOKENS} tokens are used)",
-                                lines=2, scale=3, elem_id="attn-prompt")
+            prompt = prompt_box(DEFAULTS["prompt"], MAX_TOKENS, "attn-prompt")
             scheme = gr.Radio(SCHEMES, value=DEFAULTS["scheme"], label="scheme", elem_id="attn-scheme")
+        options = [scheme, *scheme_options()]
         with gr.Row():
-            window = gr.Number(DEFAULTS["window"], precision=0, label="window w",
-                               info="the last w tokens, itself included", elem_id="attn-window")
-            sinks = gr.Number(DEFAULTS["sinks"], precision=0, label="global sinks g", info="the first g tokens",
-                              elem_id="attn-sinks")
-            global_positions = gr.Textbox(DEFAULTS["global_positions"], label="global positions",
-                                          info="comma list, e.g. 5, 12: read by and reading every token",
-                                          elem_id="attn-globals")
-            top_k = gr.Number(DEFAULTS["top_k"], precision=0, label="DSA top-k", info="keys each query reads",
-                              elem_id="attn-top-k")
-            tau_attn = gr.Number(DEFAULTS["tau_attn"], label="τ_attn", info="> 0; 1 = the model as trained",
-                                 elem_id="attn-tau")
-        with gr.Row():
-            layer = gr.Slider(0, cfg.num_hidden_layers - 1, 0, step=1, label="layer", elem_id="attn-layer")
-            head = gr.Slider(0, cfg.num_attention_heads - 1, 0, step=1, label="head", elem_id="attn-head")
+            layer, head = layer_head_sliders(ctx.config, "attn")
         button = gr.Button("Show attention", variant="primary", elem_id="attn-button")
         summary = gr.Markdown(elem_id="attn-summary")
         table = gr.Dataframe(headers=["measure", "value"], label="cost and loss against dense attention (τ_attn = 1)",
                              interactive=False, elem_id="attn-measures")
-        mask_plot = gr.Plot(show_label=False, elem_id="attn-mask")
-        probs_plot = gr.Plot(show_label=False, elem_id="attn-probs")
+        plots = [gr.Plot(show_label=False, elem_id="attn-mask"), gr.Plot(show_label=False, elem_id="attn-probs")]
 
         gr.Markdown("### Generate with the chosen scheme\nThe same prompt continued with the scheme and with "
                     "dense attention, token by token. τ = 0 is greedy; the same seed gives the same text.")
-        with gr.Row():
-            temperature = gr.Slider(0, 2, DEFAULTS["temperature"], step=0.05, label="sampling temperature τ",
-                                    elem_id="attn-temperature")
-            max_new_tokens = gr.Slider(1, max_new, min(DEFAULTS["max_new_tokens"], max_new), step=1,
-                                       label=f"max new tokens (1 to {max_new})", elem_id="attn-max-new-tokens")
-            seed = gr.Number(DEFAULTS["seed"], precision=0, minimum=0, label="seed", elem_id="attn-seed")
+        sampling = sampling_options(max_new_tokens_for(ctx.config))
         gen_button = gr.Button("Generate with the chosen scheme", elem_id="attn-gen-button")
         with gr.Row():
-            scheme_text = gr.Textbox(label="with the chosen scheme", lines=6, interactive=False,
-                                     elem_id="attn-gen-scheme")
-            dense_text = gr.Textbox(label="dense attention", lines=6, interactive=False, elem_id="attn-gen-dense")
+            texts = [gr.Textbox(label="with the chosen scheme", lines=6, interactive=False, elem_id="attn-gen-scheme"),
+                     gr.Textbox(label="dense attention", lines=6, interactive=False, elem_id="attn-gen-dense")]
         gen_stats = gr.Markdown(elem_id="attn-gen-stats")
 
-    options = [scheme, window, sinks, global_positions, top_k, tau_attn]
     # preprocess=False: the handlers check the raw values themselves, so bad input gets their messages
-    button.click(run, inputs=[prompt, *options, layer, head], outputs=[summary, table, mask_plot, probs_plot],
-                 api_name="attention", preprocess=False)
-    gen_button.click(run_generate, inputs=[prompt, *options, temperature, max_new_tokens, seed],
-                     outputs=[scheme_text, dense_text, gen_stats], api_name="attention_generate", preprocess=False)
+    button.click(partial(on_attention, ctx), inputs=[prompt, *options, layer, head],
+                 outputs=[summary, table, *plots], api_name="attention", preprocess=False)
+    gen_button.click(partial(on_attention_generate, ctx), inputs=[prompt, *options, *sampling],
+                     outputs=[*texts, gen_stats], api_name="attention_generate", preprocess=False)
     return button

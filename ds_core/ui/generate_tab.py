@@ -5,13 +5,15 @@
   top-k, then top-p), its top candidates as bars, the sampled token marked (ds_core.viz.distribution_figure)
 - a prompt too long for the model's context loses its oldest tokens, and the stats say so
 
-Events (api_name): generate(prompt, temperature, top_k, top_p, max_new_tokens, seed) -> streamed
-(text, stats, ...); distribution(step) -> figure of that step of the session's last generation.
+Events (api_name), each served by the handler on_<api_name>:
+    generate(prompt, temperature, top_k, top_p, max_new_tokens, seed) -> streamed (text, stats, ...)
+    distribution(step) -> figure of that step of the session's last generation
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterator
 
 import gradio as gr
@@ -22,7 +24,7 @@ from ..generate import SamplingParams, Step, generate, next_token_probs
 from ..tokenizer import Tokenizer
 from ..viz import distribution_figure, token_label
 from . import AppContext
-from .inputs import FittedPrompt, check_whole, fit_prompt, refuse, whole
+from .inputs import FittedPrompt, check_whole, fit_prompt, no_tokenizer_notice, refuse, whole
 
 TITLE = "Generate"
 MAX_NEW_TOKENS = 512     # the app's cap on one request, whatever the model's context allows
@@ -175,52 +177,53 @@ DIST_NOTE = ("The bars are the distribution each token was actually drawn from "
              "red (when it ranked lower, it is added at the right with its rank).")
 
 
+# ---- the handlers (plain functions: build wires them, tests call them) ---------------------------------------
+def on_generate(ctx: AppContext, prompt, temperature, top_k, top_p, max_new_tokens, seed) -> Iterator[tuple]:
+    """Stream the continuation of prompt: (text, stats, skip, skip, skip) per token; the last yield also sets the
+    session's Generation (gr.State), the step slider to its steps, and step 0's distribution figure."""
+    tok, context = ctx.tokenizer, ctx.config.max_position_embeddings
+    try:
+        req = check_request(prompt, temperature, top_k, top_p, max_new_tokens, seed, context)
+        fitted = fit_prompt(tok, req.prompt, context - req.max_new_tokens)
+        recorder = CandidateRecorder(req.params)
+        p = req.params
+        stream = generate(ctx.model, tok, fitted.text, temperature=p.temperature, top_k=p.top_k,
+                          top_p=p.top_p, max_new_tokens=req.max_new_tokens, seed=req.seed,
+                          on_logits=recorder.on_logits)
+    except ValueError as e:
+        raise refuse(e) from None
+    text, steps = "", []
+    for step in stream:
+        recorder.add(step.token_id)
+        text += step.text
+        steps.append(step)
+        yield text, stats_markdown(steps, fitted, context), gr.skip(), gr.skip(), gr.skip()
+    generation = recorder.generation()
+    yield (text, stats_markdown(steps, fitted, context), generation,
+           gr.Slider(maximum=len(steps) - 1, value=0), step_figure(tok, generation, 0))
+
+
+def on_distribution(ctx: AppContext, step, generation: Generation | None) -> go.Figure:
+    """The next-token distribution at step (0 = the first new token) of this session's last generation."""
+    try:
+        if generation is None:
+            raise ValueError("nothing generated yet: press Generate first, then choose a step")
+        n = len(generation.steps)
+        index = check_whole("step", step, 0, n - 1, f" (the last generation made {n} tokens)")
+    except ValueError as e:
+        raise refuse(e) from None
+    return step_figure(ctx.tokenizer, generation, index)
+
+
 # ---- the tab ------------------------------------------------------------------------------------------------
+NO_TOKENIZER_FIX = " Add its `tokenizer.json` (and `tokenizer_config.json`) and restart the app."
+
+
 def build(ctx: AppContext) -> GenerateTab | None:
     """Lay out the Generate tab; call inside `with gr.Blocks():`. None when the checkpoint has no tokenizer."""
-    try:
-        tok = Tokenizer.from_pretrained(ctx.path)
-    except Exception as e:  # missing file, or a malformed one (tokenizers raises a bare Exception)
-        with gr.Tab(TITLE):
-            gr.Markdown(f"Generation needs the checkpoint's tokenizer, and `{ctx.path}` has none that loads: "
-                        f"{e}. Add its `tokenizer.json` (and `tokenizer_config.json`) and restart the app.")
+    if no_tokenizer_notice(ctx, TITLE, "Generation", NO_TOKENIZER_FIX):
         return None
-    context = ctx.config.max_position_embeddings
-    limit, why = max_new_limit(context)
-
-    def run(prompt, temperature, top_k, top_p, max_new_tokens, seed) -> Iterator[tuple]:
-        """Stream the continuation of prompt: (text, stats) per token, then the step distributions at the end."""
-        try:
-            req = check_request(prompt, temperature, top_k, top_p, max_new_tokens, seed, context)
-            fitted = fit_prompt(tok, req.prompt, context - req.max_new_tokens)
-            recorder = CandidateRecorder(req.params)
-            p = req.params
-            stream = generate(ctx.model, tok, fitted.text, temperature=p.temperature, top_k=p.top_k,
-                              top_p=p.top_p, max_new_tokens=req.max_new_tokens, seed=req.seed,
-                              on_logits=recorder.on_logits)
-        except ValueError as e:
-            raise refuse(e) from None
-        text, steps = "", []
-        for step in stream:
-            recorder.add(step.token_id)
-            text += step.text
-            steps.append(step)
-            yield text, stats_markdown(steps, fitted, context), gr.skip(), gr.skip(), gr.skip()
-        generation = recorder.generation()
-        yield (text, stats_markdown(steps, fitted, context), generation,
-               gr.Slider(maximum=len(steps) - 1, value=0), step_figure(tok, generation, 0))
-
-    def distribution(step, generation: Generation | None) -> go.Figure:
-        """The next-token distribution at step (0 = the first new token) of this session's last generation."""
-        try:
-            if generation is None:
-                raise ValueError("nothing generated yet: press Generate first, then choose a step")
-            n = len(generation.steps)
-            index = check_whole("step", step, 0, n - 1, f" (the last generation made {n} tokens)")
-        except ValueError as e:
-            raise refuse(e) from None
-        return step_figure(tok, generation, index)
-
+    limit, why = max_new_limit(ctx.config.max_position_embeddings)
     with gr.Tab(TITLE):
         gr.Markdown(INTRO)
         with gr.Row():
@@ -251,9 +254,9 @@ def build(ctx: AppContext) -> GenerateTab | None:
 
     # preprocess=False: the handlers check the raw values themselves, so bad input gets their messages
     # (gradio's own bound checks would answer first, in other words).
-    button.click(run, inputs=[prompt, temperature, top_k, top_p, max_new, seed],
+    button.click(partial(on_generate, ctx), inputs=[prompt, temperature, top_k, top_p, max_new, seed],
                  outputs=[output, stats, generation, step, plot], api_name="generate", preprocess=False,
                  concurrency_limit=CONCURRENCY)
-    step.change(distribution, inputs=[step, generation], outputs=plot, api_name="distribution",
+    step.change(partial(on_distribution, ctx), inputs=[step, generation], outputs=plot, api_name="distribution",
                 preprocess=False, trigger_mode="always_last")
     return GenerateTab(prompt, button, output, stats, step, plot)

@@ -1,5 +1,6 @@
-"""Checking what a visitor typed, shared by the tabs: whole numbers in a range, prompts cut to the context,
-and bad input turned into a message (gr.Error) instead of a stack trace."""
+"""What the tabs share about a visitor's input: checking it (whole numbers in a range, prompts cut to the
+context, bad input turned into a message, gr.Error, instead of a stack trace), and the input components several
+tabs lay out alike (the prompt box, the layer and head sliders)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+import torch
+
 from ..checks import check_int
 from ..tokenizer import Tokenizer
+from ..viz import token_label
 
 if TYPE_CHECKING:
+    from ..config import ModelConfig
     from . import AppContext
 
 
@@ -25,6 +30,12 @@ def whole(value: Any) -> Any:
 def check_whole(name: str, value: Any, low: int, high: int, why: str = "") -> int:
     """value (5 or 5.0, as the browser sends it) as an int in [low, high], or ValueError naming the range."""
     return check_int(name, whole(value), low, high, why)
+
+
+def check_layer_head(cfg: "ModelConfig", layer: Any, head: Any) -> tuple[int, int]:
+    """layer and head (as the browser sends them) as ints naming a decoder layer and an attention head of cfg."""
+    return (check_whole("layer", layer, 0, cfg.num_hidden_layers - 1),
+            check_whole("head", head, 0, cfg.num_attention_heads - 1))
 
 
 def refuse(error: ValueError) -> gr.Error:
@@ -77,11 +88,32 @@ def truncation_note(fitted: FittedPrompt, budget: int) -> str:
             "readable).")
 
 
-def tokenizer_or_notice(ctx: "AppContext", title: str) -> Tokenizer | None:
-    """The checkpoint's tokenizer; or None, after laying out tab `title` as a notice saying why it has none."""
-    try:
-        return Tokenizer.from_pretrained(ctx.path)
-    except Exception as e:  # no tokenizer.json, or an unreadable one (tokenizers raises a bare Exception)
-        with gr.Tab(title):
-            gr.Markdown(f"This tab needs the checkpoint's tokenizer, and `{ctx.path}` has none that loads: {e}.")
-    return None
+def prompt_tokens(tok: Tokenizer, fitted: FittedPrompt) -> tuple[torch.Tensor, list[str]]:
+    """The fitted prompt as the model reads it: ids [1, T], and each token's visible label [T] for a chart's axis."""
+    ids = tok.encode(fitted.text)
+    return torch.tensor([ids]), [token_label(t) for t in tok.token_strings(ids)]
+
+
+def no_tokenizer_notice(ctx: "AppContext", title: str, who: str = "This tab", fix: str = "") -> bool:
+    """True, after laying out tab `title` as a notice saying why, when the checkpoint has no tokenizer that loads.
+
+    who: what needs the tokenizer, to start the sentence; fix: a sentence after it saying how to add one."""
+    if ctx.tokenizer is not None:
+        return False
+    with gr.Tab(title):
+        gr.Markdown(f"{who} needs the checkpoint's tokenizer, and `{ctx.path}` has none that loads: "
+                    f"{ctx.tokenizer_error}.{fix}")
+    return True
+
+
+# ---- components ----------------------------------------------------------------------------------------------
+def prompt_box(text: str, max_tokens: int, elem_id: str, scale: int | None = 3) -> gr.Textbox:
+    """The prompt textbox of a tab that reads at most the prompt's last max_tokens tokens."""
+    return gr.Textbox(text, label=f"prompt (at most its last {max_tokens} tokens are used)", lines=2, scale=scale,
+                      elem_id=elem_id)
+
+
+def layer_head_sliders(cfg: "ModelConfig", prefix: str) -> tuple[gr.Slider, gr.Slider]:
+    """Sliders choosing a decoder layer and an attention head of the model, elem_ids `{prefix}-layer`, `-head`."""
+    return (gr.Slider(0, cfg.num_hidden_layers - 1, 0, step=1, label="layer", elem_id=f"{prefix}-layer"),
+            gr.Slider(0, cfg.num_attention_heads - 1, 0, step=1, label="head", elem_id=f"{prefix}-head"))

@@ -9,7 +9,7 @@ From the visitor's prompt (ds_core.labs.mla does every measurement):
 - cache size against context length for one chosen model (cache_bytes_by_context)
 - on request, naive vs absorbed decode speed measured live as the context grows (decode_speed)
 
-Events (api_name):
+Events (api_name), each served by the handler on_<api_name>:
     mla(prompt, layer, head, dtype, kv_heads, context_model)
         -> (summary markdown, c_KV figure, K figure, V figure, bytes-per-token figure, bytes table,
             measured table, cache-vs-context figure)
@@ -20,18 +20,19 @@ contexts is text, a comma list such as "128, 512, 2048".
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import gradio as gr
 import torch
 
-from ..checks import DTYPES, dtype_name
+from ..checks import DTYPES, dtype_name, parse_list
 from ..evaluation import sizes
 from ..labs.mla import (GQA_KV_HEADS, SCHEMES, by_context, cache_bytes_by_context, decode_speed, gqa_kv_heads,
                        kv_bytes_by_model, latent_and_reconstruction, measured_bytes_per_token, with_references)
-from ..viz import grouped_bars_figure, heatmap_figure, lines_figure, token_label
+from ..viz import grouped_bars_figure, heatmap_figure, lines_figure
 from . import AppContext
-from ..checks import parse_list
-from .inputs import check_prompt, check_whole, refuse, tokenizer_or_notice, truncation_note, whole
+from .inputs import (check_layer_head, check_prompt, check_whole, layer_head_sliders, no_tokenizer_notice,
+                     prompt_box, prompt_tokens, refuse, truncation_note, whole)
 
 TITLE = "MLA & KV cache"
 MAX_TOKENS = 64           # rows a heatmap can still label legibly
@@ -98,113 +99,132 @@ def parse_contexts(text) -> list[int]:
     return sorted(set(contexts))
 
 
+def model_name(ctx: AppContext) -> str:
+    """The loaded model as the charts and tables name it, after its directory."""
+    return f"this model ({ctx.path.name})"
+
+
+def reference_models(ctx: AppContext) -> dict:
+    """The loaded model's config, then DeepSeek-V2-Lite's, V2's and V3's, by name (with_references)."""
+    return with_references(model_name(ctx), ctx.config)
+
+
+def cache_figures(lat, labels: list[str], layer: int, head: int) -> tuple:
+    """(c_KV, K, V heatmaps) of latent_and_reconstruction's result, head's K and V, tokens on the rows."""
+    height = max(300, 18 * len(labels) + 120)
+    where = f"layer {layer}, head {head}"
+    return (heatmap_figure(lat.c_kv, f"layer {layer}: cached c_KV", "latent dimension", "token", y_labels=labels,
+                           height=height),
+            heatmap_figure(lat.k[head], f"{where}: K from c_KV", "k dimension (nope | rope)", "token",
+                           y_labels=labels, height=height),
+            heatmap_figure(lat.v[head], f"{where}: V from c_KV", "v dimension", "token", y_labels=labels,
+                           height=height))
+
+
+def measured_rows(model, ids) -> list[list]:
+    """The loaded model's MHA and MLA bytes per token, from its config and measured from caches holding ids."""
+    computed = sizes.kv_cache_summary(model.config, dtype_name(model.dtype))
+    measured = measured_bytes_per_token(model, ids)
+    return [["MHA (NaiveCache: per-head K and V)", computed["naive_bytes"], measured["MHA"]],
+            ["MLA (LatentCache: c_KV and k_rope)", computed["latent_bytes"], measured["MLA"]]]
+
+
+# ---- the handlers (plain functions: build wires them, tests call them) ---------------------------------------
+def on_mla(ctx: AppContext, prompt, layer, head, dtype, kv_heads, context_model) -> tuple:
+    """(summary markdown, c_KV, K, V figures, bytes-per-token figure, bytes table, measured table,
+    cache-vs-context figure) for prompt in layer and head."""
+    models = reference_models(ctx)
+    try:
+        fitted = check_prompt(ctx.tokenizer, prompt, MAX_TOKENS)
+        layer, head = check_layer_head(ctx.config, layer, head)
+        dtype = dtype_name(dtype)
+        kv_heads = whole(kv_heads)
+        per_model = kv_bytes_by_model(models, dtype, kv_heads)
+        if context_model not in models:
+            raise ValueError(f"model for the context plot must be one of {', '.join(models)}, got {context_model!r}")
+    except ValueError as e:
+        raise refuse(e) from None
+    ids, labels = prompt_tokens(ctx.tokenizer, fitted)
+    lat = latent_and_reconstruction(ctx.model, ids, layer)
+    mine = per_model[model_name(ctx)]
+    summary = (f"**{ids.shape[1]} tokens** · layer {layer}'s LatentCache holds c_KV {list(lat.c_kv.shape)} and the "
+               f"shared rope key k_rope {list(lat.k_rope.shape)}; from them K = [c_KV·W_UKᵀ | k_rope] "
+               f"{list(lat.k.shape)} and V = c_KV·W_UVᵀ {list(lat.v.shape)} ([heads, tokens, dims]; "
+               f"head {head} shown) · this model caches "
+               f"**{mine['MLA']['numbers_per_layer']}** numbers per token and layer with MLA against "
+               f"**{mine['MHA']['numbers_per_layer']}** for MHA "
+               f"({mine['MHA']['bytes'] / mine['MLA']['bytes']:.1f}x smaller)" + truncation_note(fitted, MAX_TOKENS))
+    return (summary, *cache_figures(lat, labels, layer, head), bytes_figure(per_model, dtype, kv_heads),
+            bytes_rows(per_model, models, kv_heads), measured_rows(ctx.model, ids),
+            context_figure(models[context_model], context_model, dtype, kv_heads))
+
+
+def on_mla_speed(ctx: AppContext, contexts, steps, progress=gr.Progress()) -> tuple:
+    """(summary markdown, tokens/s figure, table) of naive vs absorbed decoding timed after each context."""
+    try:
+        contexts = parse_contexts(contexts)
+        steps = check_whole("decode steps", steps, 1, MAX_STEPS)
+    except ValueError as e:
+        raise refuse(e) from None
+
+    def report(done: int, total: int, what: str) -> None:
+        progress(done / total, desc=f"timing {what}")
+
+    pairs = by_context(decode_speed(ctx.model, contexts, steps=steps, repeats=REPEATS, on_progress=report))
+    rows = [[p["context"], round(p["naive_tokens_per_s"], 1), round(p["absorbed_tokens_per_s"], 1),
+             round(p["speedup"], 2), p["naive_cache_bytes"], p["absorbed_cache_bytes"],
+             round(p["cache_ratio"], 2)] for p in pairs]
+    summary = (f"Each context: random token ids prefilled into a naive and a latent cache, then {REPEATS} "
+               f"bursts of {steps} greedy decode steps on each, alternated; the median burst is shown. On "
+               f"{ctx.model.device} with {torch.get_num_threads()} threads; other work on the machine makes "
+               "timings noisy, so compare the two columns, not the absolute numbers. Contexts past the model's "
+               f"{ctx.config.max_position_embeddings} trained positions still cost the same work per step.")
+    return summary, speed_figure(pairs), rows
+
+
 # ---- the tab ------------------------------------------------------------------------------------------------
-def build(ctx: AppContext):
+SPEED_NOTE = ("### Naive vs absorbed decoding, as the context grows\nNaive MLA caches per-head K and V and attends "
+              "over them; absorbed MLA folds W_UK into the query and W_UV into the output and attends over the "
+              "latent cache directly. Both give the same logits; here is what each costs per token, measured now "
+              "(a few seconds).")
+
+
+def cache_outputs(model_dtype: str) -> list:
+    """The cache event's outputs after its summary: c_KV, K and V heatmaps in a row, the bytes chart and table,
+    the measured table, the cache-vs-context chart."""
+    with gr.Row():
+        heatmaps = [gr.Plot(show_label=False, elem_id=f"mla-{key}") for key in ("latent", "k", "v")]
+    return [*heatmaps, gr.Plot(show_label=False, elem_id="mla-bytes"),
+            gr.Dataframe(headers=BYTES_COLUMNS, label="KV cache per token, all layers (bytes)", interactive=False,
+                         elem_id="mla-bytes-table"),
+            gr.Dataframe(headers=MEASURED_COLUMNS, label=f"this model, {model_dtype}: computed vs measured from real "
+                         "caches holding your prompt", interactive=False, elem_id="mla-measured"),
+            gr.Plot(show_label=False, elem_id="mla-context")]
+
+
+def build(ctx: AppContext) -> gr.Button | None:
     """Lay out the tab; call inside `with gr.Blocks():`. None when the checkpoint has no tokenizer."""
-    tok = tokenizer_or_notice(ctx, TITLE)
-    if tok is None:
+    if no_tokenizer_notice(ctx, TITLE):
         return None
-    cfg = ctx.config
-    here = f"this model ({ctx.path.name})"
-    models = with_references(here, cfg)
-    model_dtype = dtype_name(ctx.model.dtype)
-
-    def run(prompt, layer, head, dtype, kv_heads, context_model):
-        try:
-            fitted = check_prompt(tok, prompt, MAX_TOKENS)
-            layer = check_whole("layer", layer, 0, cfg.num_hidden_layers - 1)
-            head = check_whole("head", head, 0, cfg.num_attention_heads - 1)
-            dtype = dtype_name(dtype)
-            kv_heads = whole(kv_heads)
-            per_model = kv_bytes_by_model(models, dtype, kv_heads)
-            if context_model not in models:
-                raise ValueError(f"model for the context plot must be one of {', '.join(models)}, "
-                                 f"got {context_model!r}")
-        except ValueError as e:
-            raise refuse(e) from None
-        ids = torch.tensor([tok.encode(fitted.text)])
-        T = ids.shape[1]
-        labels = [token_label(t) for t in tok.token_strings(ids[0].tolist())]
-        lat = latent_and_reconstruction(ctx.model, ids, layer)
-        height = max(300, 18 * T + 120)
-        latent = heatmap_figure(lat.c_kv, f"layer {layer}: cached c_KV", "latent dimension", "token",
-                                y_labels=labels, height=height)
-        where = f"layer {layer}, head {head}"
-        k = heatmap_figure(lat.k[head], f"{where}: K from c_KV", "k dimension (nope | rope)", "token",
-                           y_labels=labels, height=height)
-        v = heatmap_figure(lat.v[head], f"{where}: V from c_KV", "v dimension", "token", y_labels=labels,
-                           height=height)
-        computed = sizes.kv_cache_summary(cfg, model_dtype)
-        measured = measured_bytes_per_token(ctx.model, ids)
-        measured_rows = [["MHA (NaiveCache: per-head K and V)", computed["naive_bytes"], measured["MHA"]],
-                         ["MLA (LatentCache: c_KV and k_rope)", computed["latent_bytes"], measured["MLA"]]]
-        mine = per_model[here]
-        summary = (f"**{T} tokens** · layer {layer}'s LatentCache holds c_KV {list(lat.c_kv.shape)} and the "
-                   f"shared rope key k_rope {list(lat.k_rope.shape)}; from them K = [c_KV·W_UKᵀ | k_rope] "
-                   f"{list(lat.k.shape)} and V = c_KV·W_UVᵀ {list(lat.v.shape)} ([heads, tokens, dims]; "
-                   f"head {head} shown) · this model caches "
-                   f"**{mine['MLA']['numbers_per_layer']}** numbers per token and layer with MLA against "
-                   f"**{mine['MHA']['numbers_per_layer']}** for MHA "
-                   f"({mine['MHA']['bytes'] / mine['MLA']['bytes']:.1f}x smaller)"
-                   + truncation_note(fitted, MAX_TOKENS))
-        return (summary, latent, k, v, bytes_figure(per_model, dtype, kv_heads),
-                bytes_rows(per_model, models, kv_heads), measured_rows,
-                context_figure(models[context_model], context_model, dtype, kv_heads))
-
-    def run_speed(contexts, steps, progress=gr.Progress()):
-        try:
-            contexts = parse_contexts(contexts)
-            steps = check_whole("decode steps", steps, 1, MAX_STEPS)
-        except ValueError as e:
-            raise refuse(e) from None
-
-        def report(done: int, total: int, what: str) -> None:
-            progress(done / total, desc=f"timing {what}")
-
-        pairs = by_context(decode_speed(ctx.model, contexts, steps=steps, repeats=REPEATS, on_progress=report))
-        rows = [[p["context"], round(p["naive_tokens_per_s"], 1), round(p["absorbed_tokens_per_s"], 1),
-                 round(p["speedup"], 2), p["naive_cache_bytes"], p["absorbed_cache_bytes"],
-                 round(p["cache_ratio"], 2)] for p in pairs]
-        summary = (f"Each context: random token ids prefilled into a naive and a latent cache, then {REPEATS} "
-                   f"bursts of {steps} greedy decode steps on each, alternated; the median burst is shown. On "
-                   f"{ctx.model.device} with {torch.get_num_threads()} threads; other work on the machine makes "
-                   "timings noisy, so compare the two columns, not the absolute numbers. Contexts past the model's "
-                   f"{cfg.max_position_embeddings} trained positions still cost the same work per step.")
-        return summary, speed_figure(pairs), rows
-
     with gr.Tab(TITLE):
         gr.Markdown(INTRO)
         with gr.Row():
-            prompt = gr.Textbox(DEFAULTS["prompt"], label=f"prompt (at most its last {MAX_TOKENS} tokens are used)",
-                                lines=2, scale=3, elem_id="mla-prompt")
-            layer = gr.Slider(0, cfg.num_hidden_layers - 1, 0, step=1, label="layer", elem_id="mla-layer")
-            head = gr.Slider(0, cfg.num_attention_heads - 1, 0, step=1, label="head", elem_id="mla-head")
+            prompt = prompt_box(DEFAULTS["prompt"], MAX_TOKENS, "mla-prompt")
+            layer, head = layer_head_sliders(ctx.config, "mla")
         with gr.Row():
             dtype = gr.Radio(list(DTYPES), value=DEFAULTS["dtype"], label="cache dtype",
                              info="bytes per cached number: fp32 4, bf16 and fp16 2", elem_id="mla-dtype")
-            kv_heads = gr.Number(default_kv_heads(cfg.num_attention_heads), precision=0, label="GQA key/value heads G",
+            kv_heads = gr.Number(default_kv_heads(ctx.config.num_attention_heads), precision=0,
+                                 label="GQA key/value heads G",
                                  info="must divide each model's heads (a model with fewer heads uses H)",
                                  elem_id="mla-kv-heads")
-            context_model = gr.Dropdown(list(models), value="DeepSeek-V3", label="model for the context plot",
-                                        elem_id="mla-context-model")
+            context_model = gr.Dropdown(list(reference_models(ctx)), value="DeepSeek-V3",
+                                        label="model for the context plot", elem_id="mla-context-model")
         button = gr.Button("Show the cache", variant="primary", elem_id="mla-button")
         summary = gr.Markdown(elem_id="mla-summary")
-        with gr.Row():
-            latent_plot = gr.Plot(show_label=False, elem_id="mla-latent")
-            k_plot = gr.Plot(show_label=False, elem_id="mla-k")
-            v_plot = gr.Plot(show_label=False, elem_id="mla-v")
-        bytes_plot = gr.Plot(show_label=False, elem_id="mla-bytes")
-        bytes_table = gr.Dataframe(headers=BYTES_COLUMNS, label="KV cache per token, all layers (bytes)",
-                                   interactive=False, elem_id="mla-bytes-table")
-        measured_table = gr.Dataframe(headers=MEASURED_COLUMNS, label=f"this model, {model_dtype}: computed vs "
-                                      "measured from real caches holding your prompt", interactive=False,
-                                      elem_id="mla-measured")
-        context_plot = gr.Plot(show_label=False, elem_id="mla-context")
+        outputs = cache_outputs(dtype_name(ctx.model.dtype))
 
-        gr.Markdown("### Naive vs absorbed decoding, as the context grows\nNaive MLA caches per-head K and V and "
-                    "attends over them; absorbed MLA folds W_UK into the query and W_UV into the output and "
-                    "attends over the latent cache directly. Both give the same logits; here is what each costs "
-                    "per token, measured now (a few seconds).")
+        gr.Markdown(SPEED_NOTE)
         with gr.Row():
             contexts = gr.Textbox(DEFAULTS["contexts"], label="contexts (tokens)",
                                   info=f"comma list, 1 to {MAX_CONTEXTS} lengths, each 1 to {MAX_CONTEXT}",
@@ -212,15 +232,13 @@ def build(ctx: AppContext):
             steps = gr.Slider(1, MAX_STEPS, DEFAULTS["steps"], step=1, label="decode steps timed per context",
                               elem_id="mla-steps")
         speed_button = gr.Button("Measure decode speed", elem_id="mla-speed-button")
-        speed_summary = gr.Markdown(elem_id="mla-speed-summary")
-        speed_plot = gr.Plot(show_label=False, elem_id="mla-speed-plot")
-        speed_table = gr.Dataframe(headers=SPEED_COLUMNS, label="decode speed and cache bytes per context",
-                                   interactive=False, elem_id="mla-speed-table")
+        speed_outputs = [gr.Markdown(elem_id="mla-speed-summary"), gr.Plot(show_label=False, elem_id="mla-speed-plot"),
+                         gr.Dataframe(headers=SPEED_COLUMNS, label="decode speed and cache bytes per context",
+                                      interactive=False, elem_id="mla-speed-table")]
 
     # preprocess=False: the handlers check the raw values themselves, so bad input gets their messages
-    button.click(run, inputs=[prompt, layer, head, dtype, kv_heads, context_model],
-                 outputs=[summary, latent_plot, k_plot, v_plot, bytes_plot, bytes_table, measured_table,
-                          context_plot], api_name="mla", preprocess=False)
-    speed_button.click(run_speed, inputs=[contexts, steps], outputs=[speed_summary, speed_plot, speed_table],
+    button.click(partial(on_mla, ctx), inputs=[prompt, layer, head, dtype, kv_heads, context_model],
+                 outputs=[summary, *outputs], api_name="mla", preprocess=False)
+    speed_button.click(partial(on_mla_speed, ctx), inputs=[contexts, steps], outputs=speed_outputs,
                        api_name="mla_speed", preprocess=False)
     return button

@@ -5,12 +5,14 @@
 - KV cache per token, naive vs latent, as a bar chart in the chosen dtype (ds_core.evaluation.sizes.kv_cache_summary)
 - every weight tensor of the loaded model, routed experts folded into one row (ds_core.evaluation.sizes.weight_table)
 
-Events (api_name): kv_cache(dtype) -> (figure, table); tensors(filter) -> table.
+Events (api_name), each served by the handler on_<api_name>: kv_cache(dtype) -> (figure, table);
+tensors(filter) -> table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -20,6 +22,7 @@ from ..checks import DTYPES, dtype_name
 from ..evaluation import sizes
 from ..viz.text import human_bytes, human_count
 from . import AppContext
+from .inputs import refuse
 
 TITLE = "Model"
 
@@ -102,6 +105,23 @@ def tensor_caption(ctx: AppContext, rows: list[dict[str, Any]]) -> str:
             + (" " + "; ".join(tied) + "." if tied else ""))
 
 
+# ---- the handlers (plain functions: build wires them, tests call them) ---------------------------------------
+def on_kv_cache(ctx: AppContext, dtype: Any) -> tuple[go.Figure, list[list[Any]]]:
+    """KV-cache bytes per token, naive vs latent, in dtype ('fp32', 'bf16' or 'fp16'): (figure, table)."""
+    try:
+        kv = sizes.kv_cache_summary(ctx.config, dtype)
+    except ValueError as e:
+        raise refuse(e) from None
+    return kv_cache_figure(kv, ctx.config.num_hidden_layers), kv_cache_table(kv)
+
+
+def on_tensors(rows: list[dict[str, Any]], query: str | None) -> list[list[Any]]:
+    """The weight-tensor table of rows (sizes.weight_table), those whose name contains query (empty: all)."""
+    if query is not None and not isinstance(query, str):
+        raise refuse(ValueError(f"filter must be text, got {query!r}"))
+    return tensor_rows(rows, query or "")
+
+
 # ---- the tab ------------------------------------------------------------------------------------------------
 def build(ctx: AppContext) -> ModelTab:
     """Lay out the Model tab; call inside `with gr.Blocks():`."""
@@ -109,21 +129,6 @@ def build(ctx: AppContext) -> ModelTab:
     weights = sizes.weight_table(ctx.model.state_dict())  # the loaded model never changes: build rows once
     start_dtype = dtype_name(ctx.model.dtype)
     start_kv = sizes.kv_cache_summary(cfg, start_dtype)
-
-    def kv_cache(dtype: Any):
-        """KV-cache bytes per token, naive vs latent, in dtype ('fp32', 'bf16' or 'fp16'): (figure, table)."""
-        try:
-            kv = sizes.kv_cache_summary(cfg, dtype)
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
-        return kv_cache_figure(kv, cfg.num_hidden_layers), kv_cache_table(kv)
-
-    def tensors(query: str | None):
-        """The weight-tensor table, rows whose name contains query (empty: all)."""
-        if query is not None and not isinstance(query, str):
-            raise gr.Error(f"filter must be text, got {query!r}")
-        return tensor_rows(weights, query or "")
-
     with gr.Tab(TITLE):
         gr.Markdown(f"Checkpoint `{ctx.path}`, loaded in {start_dtype} on {ctx.model.device}. "
                     "Everything here is read from its config.json and its weights; nothing has run yet.")
@@ -152,6 +157,8 @@ def build(ctx: AppContext) -> ModelTab:
                                     max_height=600, show_search="none")
 
     # preprocess=False: the handler checks the dtype itself, so a bad value gets ds_core's message.
-    dtype.change(kv_cache, inputs=dtype, outputs=[kv_plot, kv_table], api_name="kv_cache", preprocess=False)
-    tensor_filter.change(tensors, inputs=tensor_filter, outputs=tensor_table, api_name="tensors")
+    dtype.change(partial(on_kv_cache, ctx), inputs=dtype, outputs=[kv_plot, kv_table], api_name="kv_cache",
+                 preprocess=False)
+    tensor_filter.change(partial(on_tensors, weights), inputs=tensor_filter, outputs=tensor_table,
+                         api_name="tensors")
     return ModelTab(dtype, kv_plot, kv_table, tensor_filter, tensor_table)

@@ -13,7 +13,7 @@ the story corpus: perplexity and greedy recall against the model as trained (moe
 run on a copy of the model that shares its weights (moe_lab.shared_weight_copy), so requests in other tabs never
 see a patched model.
 
-Events (api_name):
+Events (api_name), each served by the handler on_<api_name>:
     moe_routing(prompt, layer, token) -> (summary markdown, heatmap, steps markdown, steps table, steps figure,
                                           load figure, norms figure)
     moe_interventions(interventions, stories, probes) -> (summary markdown, table, figure)
@@ -23,18 +23,24 @@ interventions is a list of names from ds_core.labs.moe.INTERVENTIONS ("top1", "n
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
 from ..labs.moe import (INTERVENTIONS, LayerRouting, contribution_norms, format_steps, interventions_for,
                        measure_interventions, moe_layers, route, selection_steps, shared_weight_copy)
-from ..viz import grouped_bars_figure, lines_figure, routing_figure, token_label
+from ..viz import grouped_bars_figure, lines_figure, routing_figure
 from . import AppContext
 from .attention_tab import rounded
-from .inputs import check_prompt, check_whole, refuse, tokenizer_or_notice, truncation_note
+from .inputs import (FittedPrompt, check_prompt, check_whole, no_tokenizer_notice, prompt_box, prompt_tokens, refuse,
+                     truncation_note)
+
+if TYPE_CHECKING:
+    from ..model import DeepSeekModel
 
 TITLE = "MoE routing"
 MAX_TOKENS = 48     # heatmap rows that stay legible
@@ -116,93 +122,120 @@ def interventions_table(rows: list[dict]) -> pd.DataFrame:
                                  *(f"recall d {b}" for b in buckets)])
 
 
-# ---- the tab --------------------------------------------------------------------------------------------------
-def build(ctx: AppContext):
-    """Lay out the tab; call inside `with gr.Blocks():`. None when the checkpoint has no tokenizer or no experts."""
+@dataclass(frozen=True)
+class Sandbox:
+    """Where the interventions run: a copy of the model sharing its weights (moe_lab.shared_weight_copy), so
+    requests in other tabs never see a patched model, and the lock that lets one measurement patch it at a time."""
+
+    model: "DeepSeekModel"
+    lock: threading.Lock
+
+    @classmethod
+    def of(cls, model: "DeepSeekModel") -> "Sandbox":
+        return cls(shared_weight_copy(model), threading.Lock())
+
+
+def routing_summary(cfg, lr: LayerRouting, fitted: FittedPrompt) -> str:
+    """One layer's routing in a sentence: the traced scores' shape, experts, groups, top-k, shared experts."""
+    T, E, k = fitted.tokens, lr.scores.shape[1], lr.experts.shape[1]
+    norms = contribution_norms([lr])[0]
+    ratio = ("" if norms["shared_over_routed"] is None else
+             f" · mean norm shared / routed {norms['shared_over_routed']:.2f}")
+    return (f"**{T} tokens** · layer {lr.layer}: `layers.{lr.layer}.moe.scores` [1, {T}, {E}], {E} routed experts "
+            f"in {E // lr.experts_per_group} groups of {lr.experts_per_group}, top-{k} per token from the best "
+            f"{cfg.topk_group or 1} group(s) · {cfg.n_shared_experts or 0} shared expert(s) every token uses{ratio}"
+            + truncation_note(fitted, MAX_TOKENS))
+
+
+# ---- the handlers (plain functions: build wires them, tests call them) ---------------------------------------
+def on_moe_routing(ctx: AppContext, prompt, layer, token) -> tuple:
+    """(summary markdown, heatmap, steps markdown, steps table, steps figure, load figure, norms figure) of the
+    router's choices for prompt in layer, token followed step by step."""
     cfg = ctx.config
-    if not cfg.has_moe:
+    try:
+        fitted = check_prompt(ctx.tokenizer, prompt, MAX_TOKENS)
+        layer = check_layer(cfg, layer)
+        T = fitted.tokens
+        token = check_whole("token position", token, -T, T - 1, f" (the prompt has {T} tokens; -1 is the last)")
+    except ValueError as e:
+        raise refuse(e) from None
+    token %= T
+    ids, labels = prompt_tokens(ctx.tokenizer, fitted)
+    layers = route(ctx.model, ids)
+    lr = next(r for r in layers if r.layer == layer)
+    steps = selection_steps(lr, token)
+    heatmap = routing_figure(lr.scores, lr.experts, lr.weights, labels,
+                             f"layer {layer}: affinity of each token for each routed expert ({cfg.scoring_func})",
+                             lr.eligible() if lr.kept_groups is not None else None, lr.experts_per_group)
+    where = f"{token} ({labels[token]})"
+    steps_md = f"**Token {where}, step by step**\n\n```\n{format_steps(steps, cfg)}\n```"
+    return (routing_summary(cfg, lr, fitted), heatmap, steps_md, rounded(steps_table(steps)),
+            steps_figure(steps, where), load_figure(layers), norms_figure(lr, labels))
+
+
+def on_moe_interventions(ctx: AppContext, sandbox: Sandbox, names, stories, probes, progress=gr.Progress()) -> tuple:
+    """(summary markdown, table, perplexity figure) of the ticked interventions, measured on sandbox's model."""
+    cfg = ctx.config
+    try:
+        names = check_interventions(names, interventions_for(cfg))
+        n = check_whole("story windows", stories, 1, MAX_STORIES)
+        per_bucket = check_whole("recall probes per distance bucket", probes, 1, MAX_PROBES)
+    except ValueError as e:
+        raise refuse(e) from None
+    with sandbox.lock:  # the copy is patched while one measurement runs; one at a time
+        rows = measure_interventions(sandbox.model, ctx.tokenizer, names, n, per_bucket,
+                                     progress=lambda done, what: progress(done, desc=what))
+    labels = [r["label"] for r in rows]
+    figure = grouped_bars_figure(labels, {"perplexity": [r["perplexity"] for r in rows]},
+                                 "test-split perplexity of each run (lower is better)", "run", "perplexity")
+    summary = (f"{n} story windows of {cfg.max_position_embeddings} tokens ({rows[0]['tokens']:,} predicted "
+               f"tokens) and {rows[0]['probes']} greedy recall probes ({per_bucket} per distance bucket), "
+               "test split; Δ is the change from the model as trained. "
+               + " · ".join(f"**{INTERVENTIONS[name].label}**: {INTERVENTIONS[name].effect}" for name in names))
+    return summary, rounded(interventions_table(rows)), figure
+
+
+# ---- the tab --------------------------------------------------------------------------------------------------
+IV_NOTE = ("### Interventions\nRun the model changed and measure what it costs on the story corpus: perplexity, and "
+           "greedy recall of a name or object introduced earlier. Small numbers are quick (about 10 s on a CPU for "
+           "the defaults) but noisy.")
+
+
+def routing_outputs() -> list:
+    """The routing event's outputs after its summary, laid out in this order: heatmap, steps markdown, steps figure,
+    steps table, and the load and norms figures side by side."""
+    heatmap = gr.Plot(show_label=False, elem_id="moe-heatmap")
+    steps_md = gr.Markdown(elem_id="moe-steps")
+    steps_plot = gr.Plot(show_label=False, elem_id="moe-steps-plot")
+    steps = gr.Dataframe(label="the token's routing, one row per routed expert", interactive=False,
+                         elem_id="moe-steps-table")
+    with gr.Row():
+        load_plot = gr.Plot(show_label=False, elem_id="moe-load")
+        norms_plot = gr.Plot(show_label=False, elem_id="moe-norms")
+    return [heatmap, steps_md, steps, steps_plot, load_plot, norms_plot]  # in the order on_moe_routing returns them
+
+
+def build(ctx: AppContext) -> gr.Button | None:
+    """Lay out the tab; call inside `with gr.Blocks():`. None when the checkpoint has no tokenizer or no experts."""
+    if not ctx.config.has_moe:
         with gr.Tab(TITLE):
             gr.Markdown(f"`{ctx.path}` has no routed experts (n_routed_experts is not set): nothing is routed.")
         return None
-    tok = tokenizer_or_notice(ctx, TITLE)
-    if tok is None:
+    if no_tokenizer_notice(ctx, TITLE):
         return None
-    layers_available, allowed = moe_layers(cfg), interventions_for(cfg)
-    patched, patch_lock = shared_weight_copy(ctx.model), threading.Lock()
-
-    def run(prompt, layer, token):
-        try:
-            fitted = check_prompt(tok, prompt, MAX_TOKENS)
-            layer = check_layer(cfg, layer)
-            T = fitted.tokens
-            token = check_whole("token position", token, -T, T - 1, f" (the prompt has {T} tokens; -1 is the last)")
-        except ValueError as e:
-            raise refuse(e) from None
-        token %= T
-        ids = torch.tensor([tok.encode(fitted.text)])
-        labels = [token_label(t) for t in tok.token_strings(ids[0].tolist())]
-        layers = route(ctx.model, ids)
-        lr = next(r for r in layers if r.layer == layer)
-        steps = selection_steps(lr, token)
-        E, k = lr.scores.shape[1], lr.experts.shape[1]
-        groups = f"{E // lr.experts_per_group} groups of {lr.experts_per_group}"
-        heatmap = routing_figure(lr.scores, lr.experts, lr.weights, labels,
-                                 f"layer {layer}: affinity of each token for each routed expert ({cfg.scoring_func})",
-                                 lr.eligible() if lr.kept_groups is not None else None, lr.experts_per_group)
-        norms = contribution_norms([lr])[0]
-        ratio = ("" if norms["shared_over_routed"] is None else
-                 f" · mean norm shared / routed {norms['shared_over_routed']:.2f}")
-        summary = (f"**{T} tokens** · layer {layer}: `layers.{layer}.moe.scores` [1, {T}, {E}], {E} routed experts "
-                   f"in {groups}, top-{k} per token from the best {cfg.topk_group or 1} group(s) · "
-                   f"{cfg.n_shared_experts or 0} shared expert(s) every token uses{ratio}"
-                   + truncation_note(fitted, MAX_TOKENS))
-        where = f"{token} ({labels[token]})"
-        steps_md = f"**Token {where}, step by step**\n\n```\n{format_steps(steps, cfg)}\n```"
-        return (summary, heatmap, steps_md, rounded(steps_table(steps)), steps_figure(steps, where),
-                load_figure(layers), norms_figure(lr, labels))
-
-    def run_interventions(names, stories, probes, progress=gr.Progress()):
-        try:
-            names = check_interventions(names, allowed)
-            n = check_whole("story windows", stories, 1, MAX_STORIES)
-            per_bucket = check_whole("recall probes per distance bucket", probes, 1, MAX_PROBES)
-        except ValueError as e:
-            raise refuse(e) from None
-        with patch_lock:  # the copy is patched while one measurement runs; one at a time
-            rows = measure_interventions(patched, tok, names, n, per_bucket,
-                                         progress=lambda done, what: progress(done, desc=what))
-        labels = [r["label"] for r in rows]
-        figure = grouped_bars_figure(labels, {"perplexity": [r["perplexity"] for r in rows]},
-                                     "test-split perplexity of each run (lower is better)", "run", "perplexity")
-        summary = (f"{n} story windows of {cfg.max_position_embeddings} tokens ({rows[0]['tokens']:,} predicted "
-                   f"tokens) and {rows[0]['probes']} greedy recall probes ({per_bucket} per distance bucket), "
-                   "test split; Δ is the change from the model as trained. "
-                   + " · ".join(f"**{INTERVENTIONS[name].label}**: {INTERVENTIONS[name].effect}" for name in names))
-        return summary, rounded(interventions_table(rows)), figure
-
+    layers_available, allowed = moe_layers(ctx.config), interventions_for(ctx.config)
     with gr.Tab(TITLE):
         gr.Markdown(INTRO)
         with gr.Row():
-            prompt = gr.Textbox(DEFAULTS["prompt"], label=f"prompt (at most its last {MAX_TOKENS} tokens are used)",
-                                lines=2, scale=3, elem_id="moe-prompt")
+            prompt = prompt_box(DEFAULTS["prompt"], MAX_TOKENS, "moe-prompt")
             layer = gr.Dropdown(layers_available, value=layers_available[0], label="MoE layer",
                                 info="the first first_k_dense_replace layers are dense", elem_id="moe-layer")
             token = gr.Number(DEFAULTS["token"], precision=0, label="token to follow step by step",
                               info="0 = the first, -1 = the last", elem_id="moe-token")
         button = gr.Button("Route", variant="primary", elem_id="moe-button")
-        summary = gr.Markdown(elem_id="moe-summary")
-        heatmap = gr.Plot(show_label=False, elem_id="moe-heatmap")
-        steps_md = gr.Markdown(elem_id="moe-steps")
-        steps_plot = gr.Plot(show_label=False, elem_id="moe-steps-plot")
-        steps = gr.Dataframe(label="the token's routing, one row per routed expert", interactive=False,
-                             elem_id="moe-steps-table")
-        with gr.Row():
-            load_plot = gr.Plot(show_label=False, elem_id="moe-load")
-            norms_plot = gr.Plot(show_label=False, elem_id="moe-norms")
+        outputs = [gr.Markdown(elem_id="moe-summary"), *routing_outputs()]
 
-        gr.Markdown("### Interventions\nRun the model changed and measure what it costs on the story corpus: "
-                    "perplexity, and greedy recall of a name or object introduced earlier. Small numbers are quick "
-                    "(about 10 s on a CPU for the defaults) but noisy.")
+        gr.Markdown(IV_NOTE)
         with gr.Row():
             chosen = gr.CheckboxGroup([(INTERVENTIONS[n].label, n) for n in allowed], value=allowed,
                                       label="interventions", elem_id="moe-interventions")
@@ -211,14 +244,13 @@ def build(ctx: AppContext):
             probes = gr.Number(DEFAULTS["probes"], precision=0, label=f"recall probes per bucket (1 to {MAX_PROBES})",
                                elem_id="moe-probes")
         measure = gr.Button("Measure interventions", elem_id="moe-measure-button")
-        iv_summary = gr.Markdown(elem_id="moe-iv-summary")
-        iv_table = gr.Dataframe(label="perplexity and recall per run", interactive=False, elem_id="moe-iv-table")
-        iv_plot = gr.Plot(show_label=False, elem_id="moe-iv-plot")
+        iv_outputs = [gr.Markdown(elem_id="moe-iv-summary"),
+                      gr.Dataframe(label="perplexity and recall per run", interactive=False, elem_id="moe-iv-table"),
+                      gr.Plot(show_label=False, elem_id="moe-iv-plot")]
 
     # preprocess=False: the handlers check the raw values themselves, so bad input gets their messages
-    button.click(run, inputs=[prompt, layer, token],
-                 outputs=[summary, heatmap, steps_md, steps, steps_plot, load_plot, norms_plot],
+    button.click(partial(on_moe_routing, ctx), inputs=[prompt, layer, token], outputs=outputs,
                  api_name="moe_routing", preprocess=False)
-    measure.click(run_interventions, inputs=[chosen, stories, probes], outputs=[iv_summary, iv_table, iv_plot],
-                  api_name="moe_interventions", preprocess=False)
+    measure.click(partial(on_moe_interventions, ctx, Sandbox.of(ctx.model)), inputs=[chosen, stories, probes],
+                  outputs=iv_outputs, api_name="moe_interventions", preprocess=False)
     return button

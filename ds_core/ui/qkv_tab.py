@@ -5,18 +5,22 @@ For a chosen layer and head it shows, as heatmaps with the tokens on the rows:
 - the query latent c_Q and the key/value latent c_KV (MLA's down-projections)  [T, q_lora_rank], [T, kv_lora_rank]
 - that head's Q, K and V (the up-projections; K's last qk_rope_head_dim columns are the rope key all heads share)
 
-Event (api_name): qkv(prompt, layer, head) -> (shapes markdown, X, c_Q, c_KV, Q, K, V figures).
+Event (api_name), served by the handler on_qkv: qkv(prompt, layer, head) -> (shapes markdown, X, c_Q, c_KV, Q, K,
+V figures).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import gradio as gr
 import plotly.graph_objects as go
 import torch
 
-from ..viz import heatmap_figure, token_label
+from ..viz import heatmap_figure
 from . import AppContext
-from .inputs import check_prompt, check_whole, refuse, tokenizer_or_notice, truncation_note
+from .inputs import (check_layer_head, check_prompt, layer_head_sliders, no_tokenizer_notice, prompt_tokens, refuse,
+                     truncation_note)
 
 TITLE = "QKV projection"
 DEFAULT_PROMPT = "There was a young baker named Mira. Mira had a red kite."
@@ -55,27 +59,26 @@ def figures(tensors: dict[str, torch.Tensor], labels: list[str], layer: int, hea
     return out
 
 
-def build(ctx: AppContext):
-    tok = tokenizer_or_notice(ctx, TITLE)
-    if tok is None:
+def on_qkv(ctx: AppContext, prompt, layer, head) -> tuple:
+    """(shapes markdown, X, c_Q, c_KV, Q, K, V figures) of prompt's traced forward pass; c_Q is None for a model
+    that projects queries directly."""
+    try:
+        fitted = check_prompt(ctx.tokenizer, prompt, MAX_TOKENS)
+        layer, head = check_layer_head(ctx.config, layer, head)
+    except ValueError as e:
+        raise refuse(e) from None
+    ids, labels = prompt_tokens(ctx.tokenizer, fitted)
+    tensors = projections(ctx.model, ids, layer, head)
+    figs = figures(tensors, labels, layer, head)
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors.items())
+    return (f"**{ids.shape[1]} tokens** · {shapes}{truncation_note(fitted, MAX_TOKENS)}",
+            *(figs.get(k) for k in CAPTIONS))
+
+
+def build(ctx: AppContext) -> gr.Button | None:
+    """Lay out the tab; call inside `with gr.Blocks():`. None when the checkpoint has no tokenizer."""
+    if no_tokenizer_notice(ctx, TITLE):
         return None
-    cfg = ctx.config
-
-    def run(prompt, layer, head):
-        try:
-            fitted = check_prompt(tok, prompt, MAX_TOKENS)
-            layer = check_whole("layer", layer, 0, cfg.num_hidden_layers - 1)
-            head = check_whole("head", head, 0, cfg.num_attention_heads - 1)
-        except ValueError as e:
-            raise refuse(e) from None
-        ids = torch.tensor([tok.encode(fitted.text)])
-        labels = [token_label(t) for t in tok.token_strings(ids[0].tolist())]
-        tensors = projections(ctx.model, ids, layer, head)
-        figs = figures(tensors, labels, layer, head)
-        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors.items())
-        return (f"**{ids.shape[1]} tokens** · {shapes}{truncation_note(fitted, MAX_TOKENS)}",
-                *(figs.get(k) for k in CAPTIONS))
-
     with gr.Tab(TITLE):
         gr.Markdown(
             "Attention turns each token into a query, a key and a value. In DeepSeek's Multi-head Latent "
@@ -83,11 +86,10 @@ def build(ctx: AppContext):
             "picture below is the real tensor of one forward pass on your prompt.")
         with gr.Row():
             prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", lines=2, scale=3, elem_id="qkv-prompt")
-            layer = gr.Slider(0, cfg.num_hidden_layers - 1, 0, step=1, label="layer", elem_id="qkv-layer")
-            head = gr.Slider(0, cfg.num_attention_heads - 1, 0, step=1, label="head", elem_id="qkv-head")
+            layer, head = layer_head_sliders(ctx.config, "qkv")
         button = gr.Button("Project", variant="primary", elem_id="qkv-button")
         shapes = gr.Markdown(elem_id="qkv-shapes")
         plots = {key: gr.Plot(show_label=False, elem_id=f"qkv-{key.lower().replace('_', '')}") for key in CAPTIONS}
-    button.click(run, inputs=[prompt, layer, head], outputs=[shapes, *plots.values()], api_name="qkv",
-                 preprocess=False)
+    button.click(partial(on_qkv, ctx), inputs=[prompt, layer, head], outputs=[shapes, *plots.values()],
+                 api_name="qkv", preprocess=False)
     return button

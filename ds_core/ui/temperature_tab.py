@@ -8,7 +8,7 @@
     (ds_core.generate.next_token_probs on the last position's logits [V]), its top candidates as grouped bars,
     and a continuation sampled at each τ with one fixed seed (ds_core.generate), side by side
 
-Events (api_name):
+Events (api_name), each served by the handler on_<api_name>:
     sharpness(prompt, layer, head, position, taus) -> (summary markdown, figure, table of entropy and max prob)
     sampling(prompt, taus, max_new_tokens, seed) -> (summary markdown, figure, continuations table)
 taus is text, a comma list such as "0.25, 0.5, 1, 2, 4".
@@ -16,22 +16,24 @@ taus is text, a comma list such as "0.25, 0.5, 1, 2, 4".
 
 from __future__ import annotations
 
+from functools import partial
+
 import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 
 from ..attention import DenseAttention, check_temperature
-from ..labs.attention import sharpness, tempered
+from ..checks import parse_list
 from ..generate import SamplingParams, generate, next_token_probs
+from ..labs.attention import sharpness, tempered
 from ..tokenizer import Tokenizer
 from ..viz import grouped_bars_figure, lines_figure, token_label
 from . import AppContext
-from .attention_tab import MAX_NEW_TOKENS, MAX_TOKENS, rounded
-from ..checks import parse_list
-from .inputs import check_prompt, tokenizer_or_notice, truncation_note
+from .attention_tab import MAX_TOKENS, max_new_tokens_for, rounded
 from .generate_tab import SEED_MAX
-from .inputs import check_whole, refuse
+from .inputs import (check_layer_head, check_prompt, check_whole, layer_head_sliders, no_tokenizer_notice,
+                     prompt_box, prompt_tokens, refuse, truncation_note)
 
 TITLE = "τ sharpness"
 MAX_TAUS = 6     # lines or bar groups one chart can still tell apart
@@ -104,75 +106,74 @@ def continuations(model, tok: Tokenizer, prompt: str, taus: list[float], max_new
     return pd.DataFrame(rows, columns=["sampling τ", "continuation"])
 
 
-# ---- the tab ----------------------------------------------------------------------------------------------------
-def build(ctx: AppContext):
-    """Lay out the tab; call inside `with gr.Blocks():`. None when the checkpoint has no tokenizer."""
-    tok = tokenizer_or_notice(ctx, TITLE)
-    if tok is None:
-        return None
+# ---- the handlers (plain functions: build wires them, tests call them) ---------------------------------------
+def on_sharpness(ctx: AppContext, prompt, layer, head, position, taus) -> tuple:
+    """(summary markdown, one line per τ_attn figure, table of entropy and max prob) for one attention row."""
     cfg = ctx.config
-    max_new = min(MAX_NEW_TOKENS, cfg.max_position_embeddings - MAX_TOKENS)
+    try:
+        fitted = check_prompt(ctx.tokenizer, prompt, MAX_TOKENS)
+        layer, head = check_layer_head(cfg, layer, head)
+        T = fitted.tokens
+        position = check_whole("query position", position, -T, T - 1,
+                               f" (the prompt has {T} tokens; -1 is the last)") % T
+        taus = parse_taus("τ_attn values", taus, check_temperature)
+    except ValueError as e:
+        raise refuse(e) from None
+    ids, labels = prompt_tokens(ctx.tokenizer, fitted)
+    rows = sharpness(ctx.model, ctx.tokenizer, fitted.text, layer, head, taus, position)
+    where = f"layer {layer}, head {head}, query {position} ({labels[position]})"
+    figure = sharpness_figure(score_row(ctx.model, ids, layer, head, position), taus, labels[:position + 1], where)
+    summary = (f"**{T} tokens** · row {position} of `layers.{layer}.attn.scores` [1, {cfg.num_attention_heads}, "
+               f"{T}, {T}], head {head}: {position + 1} keys · each line is softmax(scores / τ_attn)"
+               + truncation_note(fitted, MAX_TOKENS))
+    return summary, figure, rounded(pd.DataFrame(rows)[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS))
 
-    def run_sharpness(prompt, layer, head, position, taus):
-        try:
-            fitted = check_prompt(tok, prompt, MAX_TOKENS)
-            layer = check_whole("layer", layer, 0, cfg.num_hidden_layers - 1)
-            head = check_whole("head", head, 0, cfg.num_attention_heads - 1)
-            T = fitted.tokens
-            position = check_whole("query position", position, -T, T - 1,
-                                   f" (the prompt has {T} tokens; -1 is the last)") % T
-            taus = parse_taus("τ_attn values", taus, check_temperature)
-        except ValueError as e:
-            raise refuse(e) from None
-        ids = torch.tensor([tok.encode(fitted.text)])
-        labels = [token_label(t) for t in tok.token_strings(ids[0].tolist())]
-        rows = sharpness(ctx.model, tok, fitted.text, layer, head, taus, position)
-        where = f"layer {layer}, head {head}, query {position} ({labels[position]})"
-        figure = sharpness_figure(score_row(ctx.model, ids, layer, head, position), taus, labels[:position + 1],
-                                  where)
-        summary = (f"**{T} tokens** · row {position} of `layers.{layer}.attn.scores` [1, {cfg.num_attention_heads}, "
-                   f"{T}, {T}], head {head}: {position + 1} keys · each line is softmax(scores / τ_attn)"
-                   + truncation_note(fitted, MAX_TOKENS))
-        return summary, figure, rounded(pd.DataFrame(rows)[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS))
 
-    def run_sampling(prompt, taus, max_new_tokens, seed):
-        try:
-            fitted = check_prompt(tok, prompt, MAX_TOKENS)
-            taus = parse_taus("sampling τ values", taus, sampling_temperature)
-            n = check_whole("max new tokens", max_new_tokens, 1, max_new)
-            seed = check_whole("seed", seed, 0, SEED_MAX)
-        except ValueError as e:
-            raise refuse(e) from None
-        logits = last_logits(ctx.model, torch.tensor([tok.encode(fitted.text)]))
-        top, probs = candidates(logits, taus)
-        labels = [token_label(t) for t in tok.token_strings(top)]
-        figure = grouped_bars_figure(labels, {f"τ = {t:g}": p for t, p in probs.items()},
-                                     f"next-token distribution at each sampling τ: top {len(top)} of {logits.numel()} "
-                                     "tokens", "candidate token", "probability")
-        held = " · ".join(f"τ = {t:g}: {sum(p):.1%}" for t, p in probs.items())
-        summary = (f"**{fitted.tokens} tokens** · logits [{logits.numel()}] at the last position of `logits` "
-                   f"[1, {fitted.tokens}, {logits.numel()}] · next_token_probs at each τ (no top-k, no top-p) · "
-                   f"mass on the {len(top)} shown: {held} · continuations: seed {seed}, {n} new tokens at most"
-                   + truncation_note(fitted, MAX_TOKENS))
-        return summary, figure, continuations(ctx.model, tok, fitted.text, taus, n, seed)
+def on_sampling(ctx: AppContext, prompt, taus, max_new_tokens, seed) -> tuple:
+    """(summary markdown, grouped bars of the next-token distribution per τ, continuations table)."""
+    tok = ctx.tokenizer
+    try:
+        fitted = check_prompt(tok, prompt, MAX_TOKENS)
+        taus = parse_taus("sampling τ values", taus, sampling_temperature)
+        n = check_whole("max new tokens", max_new_tokens, 1, max_new_tokens_for(ctx.config))
+        seed = check_whole("seed", seed, 0, SEED_MAX)
+    except ValueError as e:
+        raise refuse(e) from None
+    logits = last_logits(ctx.model, torch.tensor([tok.encode(fitted.text)]))
+    top, probs = candidates(logits, taus)
+    labels = [token_label(t) for t in tok.token_strings(top)]
+    figure = grouped_bars_figure(labels, {f"τ = {t:g}": p for t, p in probs.items()},
+                                 f"next-token distribution at each sampling τ: top {len(top)} of {logits.numel()} "
+                                 "tokens", "candidate token", "probability")
+    held = " · ".join(f"τ = {t:g}: {sum(p):.1%}" for t, p in probs.items())
+    summary = (f"**{fitted.tokens} tokens** · logits [{logits.numel()}] at the last position of `logits` "
+               f"[1, {fitted.tokens}, {logits.numel()}] · next_token_probs at each τ (no top-k, no top-p) · "
+               f"mass on the {len(top)} shown: {held} · continuations: seed {seed}, {n} new tokens at most"
+               + truncation_note(fitted, MAX_TOKENS))
+    return summary, figure, continuations(ctx.model, tok, fitted.text, taus, n, seed)
 
+
+# ---- the tab ----------------------------------------------------------------------------------------------------
+def build(ctx: AppContext) -> gr.Button | None:
+    """Lay out the tab; call inside `with gr.Blocks():`. None when the checkpoint has no tokenizer."""
+    if no_tokenizer_notice(ctx, TITLE):
+        return None
+    max_new = max_new_tokens_for(ctx.config)
     with gr.Tab(TITLE):
         gr.Markdown(INTRO)
-        prompt = gr.Textbox(DEFAULTS["prompt"], label=f"prompt (at most its last {MAX_TOKENS} tokens are used)",
-                            lines=2, elem_id="tau-prompt")
+        prompt = prompt_box(DEFAULTS["prompt"], MAX_TOKENS, "tau-prompt", scale=None)
         gr.Markdown("### Attention temperature τ_attn: one attention row")
         with gr.Row():
-            layer = gr.Slider(0, cfg.num_hidden_layers - 1, 0, step=1, label="layer", elem_id="tau-layer")
-            head = gr.Slider(0, cfg.num_attention_heads - 1, 0, step=1, label="head", elem_id="tau-head")
+            layer, head = layer_head_sliders(ctx.config, "tau")
             position = gr.Number(-1, precision=0, label="query position", info="0 = the first token, -1 = the last",
                                  elem_id="tau-position")
             attn_taus = gr.Textbox(DEFAULTS["attn_taus"], label="τ_attn values", info=f"comma list, each > 0; "
                                    f"at most {MAX_TAUS}", elem_id="tau-attn-taus")
         attn_button = gr.Button("Sharpen", variant="primary", elem_id="tau-sharpness-button")
-        attn_summary = gr.Markdown(elem_id="tau-sharpness-summary")
-        attn_plot = gr.Plot(show_label=False, elem_id="tau-sharpness-plot")
-        attn_table = gr.Dataframe(label="entropy and largest probability of the row, per τ_attn", interactive=False,
-                                  elem_id="tau-sharpness-table")
+        attn_outputs = [gr.Markdown(elem_id="tau-sharpness-summary"),
+                        gr.Plot(show_label=False, elem_id="tau-sharpness-plot"),
+                        gr.Dataframe(label="entropy and largest probability of the row, per τ_attn", interactive=False,
+                                     elem_id="tau-sharpness-table")]
 
         gr.Markdown("### Sampling temperature τ: the next token")
         with gr.Row():
@@ -183,14 +184,14 @@ def build(ctx: AppContext):
                                        label=f"max new tokens (1 to {max_new})", elem_id="tau-max-new-tokens")
             seed = gr.Number(DEFAULTS["seed"], precision=0, minimum=0, label="seed", elem_id="tau-seed")
         sample_button = gr.Button("Sample", variant="primary", elem_id="tau-sampling-button")
-        sample_summary = gr.Markdown(elem_id="tau-sampling-summary")
-        sample_plot = gr.Plot(show_label=False, elem_id="tau-sampling-plot")
-        sample_table = gr.Dataframe(label="continuations, one per τ, same seed", interactive=False, wrap=True,
-                                    column_widths=["12%", "88%"], elem_id="tau-continuations")
+        sample_outputs = [gr.Markdown(elem_id="tau-sampling-summary"),
+                          gr.Plot(show_label=False, elem_id="tau-sampling-plot"),
+                          gr.Dataframe(label="continuations, one per τ, same seed", interactive=False, wrap=True,
+                                       column_widths=["12%", "88%"], elem_id="tau-continuations")]
 
     # preprocess=False: the handlers check the raw values themselves, so bad input gets their messages
-    attn_button.click(run_sharpness, inputs=[prompt, layer, head, position, attn_taus],
-                      outputs=[attn_summary, attn_plot, attn_table], api_name="sharpness", preprocess=False)
-    sample_button.click(run_sampling, inputs=[prompt, sample_taus, max_new_tokens, seed],
-                        outputs=[sample_summary, sample_plot, sample_table], api_name="sampling", preprocess=False)
+    attn_button.click(partial(on_sharpness, ctx), inputs=[prompt, layer, head, position, attn_taus],
+                      outputs=attn_outputs, api_name="sharpness", preprocess=False)
+    sample_button.click(partial(on_sampling, ctx), inputs=[prompt, sample_taus, max_new_tokens, seed],
+                        outputs=sample_outputs, api_name="sampling", preprocess=False)
     return attn_button
