@@ -37,12 +37,12 @@ class Counted(nn.Module):
 
 @pytest.fixture(scope="module")
 def models(tiny_checkpoint):
-    """(the model as loaded, the same checkpoint with every Linear Counted)."""
+    """(the model as loaded, the same checkpoint with every Linear Counted, the names replace_linears gave)."""
     plain, swapped = DeepSeekModel.from_pretrained(tiny_checkpoint), DeepSeekModel.from_pretrained(tiny_checkpoint)
     for router in (m for model in (plain, swapped) for m in model.modules() if isinstance(m, Router)):
         router.e_score_correction_bias.zero_()  # its random balancing bias keeps some experts off any input
-    replace_linears(swapped, lambda name, linear: Counted(linear))
-    return plain, swapped
+    names = replace_linears(swapped, lambda name, linear: Counted(linear))
+    return plain, swapped, names
 
 
 def calls(model) -> dict[str, int]:
@@ -59,9 +59,9 @@ def ids(B: int, T: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_every_linear_is_swapped(models):
-    plain, swapped = models
+    plain, swapped, names = models
     linears = [name for name, m in plain.named_modules() if isinstance(m, nn.Linear)]
-    assert list(calls(swapped)) == linears
+    assert names == linears == list(calls(swapped))
     kinds = {name.rsplit(".", 1)[-1] for name in linears}  # attention, experts, shared experts, dense MLP, lm_head
     assert {"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "lm_head"} <= kinds
     assert {"gate_proj", "up_proj", "down_proj"} <= kinds
@@ -75,7 +75,7 @@ def test_every_linear_is_swapped(models):
 @torch.inference_mode()
 def test_eager_logits_are_identical_and_every_linear_is_used(models, mla):
     """A batched forward pass, then a prefill and one-token decode steps (MoE's one-token path) through a cache."""
-    plain, swapped = models
+    plain, swapped, _ = models
     calls(swapped)
     x = ids(2, 24)
     assert torch.equal(swapped(x, mla=mla), plain(x, mla=mla))
@@ -94,7 +94,7 @@ def test_eager_logits_are_identical_and_every_linear_is_used(models, mla):
 def test_compiled_decode_is_identical_and_goes_through_the_linears(models):
     """The compiled step of each model (two compilations): the same logits, the experts stacked through
     matrix() when the cache is made, and every other Linear called by the compiled step itself."""
-    plain, swapped = models
+    plain, swapped, _ = models
     prompt = ids(1, 9, seed=2)
 
     def generate(model) -> tuple[torch.Tensor, dict[str, int], dict[str, int]]:

@@ -30,9 +30,10 @@ class Linear(nn.Linear):
 
 
 def replace_linears(model: nn.Module, make: Callable[[str, Linear], nn.Module]) -> list[str]:
-    """Put make(name, linear) in place of every Linear of `model`; returns their names, e.g.
-    'layers.0.self_attn.o_proj'. The new module must honour the contract above; model.use_gemv_layout and a tied
-    lm_head apply to the Linears it was given, not to what make returns."""
+    """Put make(name, linear) in place of every Linear of `model` (name as in named_modules, e.g.
+    'layers.0.self_attn.o_proj'); returns the names, in model order. What make returns must honour the contract
+    above. It is handed the model's Linear itself, so a wrapper that keeps it keeps its weight as it is: tied to the
+    embedding (lm_head with tie_word_embeddings), stored transposed (DeepSeekModel.use_gemv_layout)."""
     names = [name for name, module in model.named_modules() if isinstance(module, Linear)]
     for name in names:
         model.set_submodule(name, make(name, model.get_submodule(name)))
