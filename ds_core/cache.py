@@ -252,13 +252,13 @@ class RollingLatentCache(Rolling, LatentCache):
 def new_cache(mla: str, num_layers: int, backend=None) -> KVCache:
     """An empty cache for the MLA implementation `mla` ('naive' or 'absorbed').
 
-    backend: the attention backend (instance) the cache will serve. One with a keys_needed(k_pos, next_pos)
-    method (WindowAttention) gets a rolling cache of constant size; any other (dense, a name, None) the full one.
+    backend: the attention backend (an AttentionBackend) the cache will serve. One whose keys_needed rule drops
+    keys (WindowAttention) gets a rolling cache of constant size; any other, a name or None the full one.
     """
     kinds = {"naive": NaiveCache, "absorbed": LatentCache}
     if mla not in kinds:
         raise ValueError(f"mla must be 'naive' or 'absorbed', got {mla!r}")
-    keep = getattr(backend, "keys_needed", None)
+    keep = None if backend is None or isinstance(backend, str) else backend.keys_needed
     if keep is None:
         return kinds[mla](num_layers)
     return {"naive": RollingNaiveCache, "absorbed": RollingLatentCache}[mla](num_layers, keep)

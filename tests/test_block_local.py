@@ -10,7 +10,7 @@ from attention_helpers import left_padded_positions, positions, qkv
 
 from conftest import make_reference
 from ds_core import trace
-from ds_core.attention import DenseAttention, WindowAttention
+from ds_core.attention import DenseAttention, Positions, WindowAttention
 from ds_core.attention.block_local import BlockLocalAttention
 from ds_core.model import DeepSeekModel
 
@@ -62,10 +62,10 @@ def test_output_equals_the_masked_softmax(B, H, Hk, T, S, block, n_global, glob,
     mask = brute_allowed(bl, q_pos, k_pos, None)[:, None]
     kk, vv = k.expand(B, H, S, -1), v.expand(B, H, S, -1)  # Hk = 1: every head reads the one key head
     by_hand = ((q @ kk.transpose(-1, -2)) * 0.3 / tau).masked_fill(~mask, float("-inf")).softmax(-1) @ vv
-    fast = bl(q, k, v, q_pos, k_pos, None, 0.3, "attn")
+    fast = bl(q, k, v, Positions(q_pos, k_pos), 0.3, "attn")
     torch.testing.assert_close(fast, by_hand, atol=1e-5, rtol=1e-5)
     with trace.tracing() as tr:
-        traced = bl(q, k, v, q_pos, k_pos, None, 0.3, "attn")
+        traced = bl(q, k, v, Positions(q_pos, k_pos), 0.3, "attn")
     torch.testing.assert_close(traced, by_hand, atol=1e-5, rtol=1e-5)
     assert torch.equal(tr["attn.probs"] > 0, mask.expand(B, H, T, S))
 
@@ -76,7 +76,7 @@ def test_padding_keeps_outputs_finite():
     k_valid = torch.ones(2, 12, dtype=torch.bool)
     k_valid[0, :3] = False
     k_pos = torch.stack([(torch.arange(12) - 3).clamp(min=0), torch.arange(12)])
-    assert torch.isfinite(bl(q, k, v, k_pos, k_pos, k_valid, 0.3, "attn")).all()
+    assert torch.isfinite(bl(q, k, v, Positions(k_pos, k_pos, k_valid), 0.3, "attn")).all()
 
 
 def test_fraction_computed_counts_a_blocked_kernel():

@@ -14,6 +14,7 @@ from ds_core.cache import StaticLatentCache
 from ds_core.generate import left_pad
 from ds_core.model.moe import MoE
 from ds_core.perf.decode_bench import COMPILED, BenchResult, Run
+from ds_core.perf.moe_gathered import install_layer
 
 ATOL = 1e-4
 
@@ -71,19 +72,19 @@ def test_static_cache_gives_the_eager_logits_with_padding(fresh_model):
 @torch.inference_mode()
 def test_gathered_experts_equal_the_expert_loop(fresh_model):
     moe = next(m for m in fresh_model.modules() if isinstance(m, MoE))
-    moe.stack_experts()
+    install_layer(moe)
     x = torch.randn(1, fresh_model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     r = moe.gate(x)
-    torch.testing.assert_close(moe.run_experts_gathered(x, r), moe.run_experts_one_token(x, r), atol=1e-5, rtol=0)
-    before = moe.stacked
-    moe.stack_experts()
-    assert moe.stacked is before  # nothing changed: kept
+    torch.testing.assert_close(moe.gathered(x, r), moe.run_experts_one_token(x, r), atol=1e-5, rtol=0)
+    before = moe.gathered.stacked
+    install_layer(moe)
+    assert moe.gathered.stacked is before  # nothing changed: kept
     with torch.no_grad():
         moe.experts[int(r.experts[0, 0])].up_proj.weight.mul_(2)
-    moe.stack_experts()  # an in-place change: rebuilt
-    assert moe.stacked is not before
-    torch.testing.assert_close(moe.run_experts_gathered(x, r), moe.run_experts_one_token(x, r), atol=1e-5, rtol=0)
-    assert not any("stacked" in name for name in fresh_model.state_dict())
+    install_layer(moe)  # an in-place change: rebuilt
+    assert moe.gathered.stacked is not before
+    torch.testing.assert_close(moe.gathered(x, r), moe.run_experts_one_token(x, r), atol=1e-5, rtol=0)
+    assert not any("stacked" in name or "gathered" in name for name in fresh_model.state_dict())
 
 
 # ---- compiled --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from ds_core.attention import DenseAttention, get_backend
+from ds_core.attention import DenseAttention, Positions, get_backend
 from ds_core.attention.dsa import CONFIG_FILE, WEIGHTS_FILE, DSAAttention, Indexer, IndexerStack
 from ds_core.model import DeepSeekModel
 
@@ -62,8 +62,8 @@ def test_missing_indexer_says_how_to_train_one(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"python -m ds_core train-indexer --model"):
         DSAAttention(tmp_path, top_k=4)
     with pytest.raises(RuntimeError, match="observe"):  # called without the model's hook
-        DSAAttention(IndexerStack(1, 8), 4)(*qkv(1, 2, 2, 5, 5), torch.arange(5)[None], torch.arange(5)[None],
-                                            None, 0.3, "attn")
+        pos = torch.arange(5)[None]
+        DSAAttention(IndexerStack(1, 8), 4)(*qkv(1, 2, 2, 5, 5), Positions(pos, pos), 0.3, "attn")
 
 
 # ---- through a real model ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from ds_core.labs import moe as lab
 from ds_core.attention import WindowAttention
 from ds_core.evaluation.quality import RunOptions, perplexity
 from ds_core.model.moe import Router
+from ds_core.perf.moe_gathered import install_layer
 
 NAMES = list(CONFIGS)
 
@@ -233,11 +234,12 @@ def test_shared_weight_copy_shares_tensors_but_not_patches(models):
     ids = prompt()
     model.compile_decode()  # a model the app has decoded with: its compiled step is not copied
     moe = model.layers[1].mlp
-    moe.stack_experts()
+    install_layer(moe)
     copy = lab.shared_weight_copy(model)
     assert all(a is b for a, b in zip(copy.parameters(), model.parameters()))
     assert all(a is b for a, b in zip(copy.buffers(), model.buffers()))
-    assert copy.layers[1].mlp.stacked[0] is moe.stacked[0] and copy.__dict__["_compiled_decode"] is None
+    assert copy.layers[1].mlp.gathered.stacked[0] is moe.gathered.stacked[0]
+    assert copy.__dict__["_compiled_decode"] is None
     assert copy.compile_decode().model is copy
     before = model(ids).detach()
     assert torch.equal(copy(ids).detach(), before)

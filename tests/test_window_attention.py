@@ -10,7 +10,7 @@ from attention_helpers import left_padded_positions, positions, qkv
 import torch.nn.functional as F
 
 from conftest import make_reference
-from ds_core.attention import DenseAttention
+from ds_core.attention import AttentionBackend, DenseAttention, Positions
 from ds_core.attention.window import WindowAttention
 from ds_core.model import DeepSeekModel
 
@@ -52,9 +52,9 @@ def test_block_sparse_equals_the_explicit_masked_softmax(B, H, Hk, T, S, window,
     wa = WindowAttention(window, n_global, glob, temperature=tau, block=block)
     q, k, v = qkv(B, H, Hk, T, S)
     q_pos, k_pos = positions(B, T, S)
-    fast = wa(q, k, v, q_pos, k_pos, None, 0.3, "attn")
+    fast = wa(q, k, v, Positions(q_pos, k_pos), 0.3, "attn")
     assert "block-sparse" in wa.last_note  # the fast path ran, not the reference it is checked against
-    ref = wa.reference(q, k, v, q_pos, k_pos, None, 0.3, "attn")
+    ref = wa.reference(q, k, v, Positions(q_pos, k_pos), 0.3, "attn")
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     # the reference is the textbook formula with this rule and τ
     scores = (q @ k.transpose(-1, -2)) * 0.3 / tau
@@ -67,7 +67,8 @@ def test_temperature_changes_the_output():
     q, k, v = qkv(1, 2, 2, 20, 20)
     q_pos, k_pos = positions(1, 20, 20)
     hot, cold = WindowAttention(5, temperature=2.0), WindowAttention(5, temperature=0.5)
-    assert not torch.allclose(hot(q, k, v, q_pos, k_pos, None, 1.0, "a"), cold(q, k, v, q_pos, k_pos, None, 1.0, "a"))
+    pos = Positions(q_pos, k_pos)
+    assert not torch.allclose(hot(q, k, v, pos, 1.0, "a"), cold(q, k, v, pos, 1.0, "a"))
 
 
 @pytest.mark.parametrize("T,S,Hk", [(37, 37, 4), (37, 37, 1), (1, 37, 1), (1, 37, 4)])
@@ -75,7 +76,7 @@ def test_a_window_covering_every_token_runs_as_dense(T, S, Hk):
     wa = WindowAttention(600, n_global=2, global_positions=(5,), temperature=0.8)
     q, k, v = qkv(2, 4, Hk, T, S)
     q_pos, k_pos = positions(2, T, S)
-    out = wa(q, k, v, q_pos, k_pos, None, 0.3, "attn")
+    out = wa(q, k, v, Positions(q_pos, k_pos), 0.3, "attn")
     assert wa.last_note == "window 600 >= 37 tokens: runs as dense" == wa.describe(37)
     assert wa.fraction_computed(T, S) == 1.0
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=T == S, scale=0.3 / 0.8, enable_gqa=Hk != 4)
@@ -111,7 +112,7 @@ def test_fast_path_computes_o_of_t_times_window():
     # the counter from a real call agrees with the plan
     q, k, v = qkv(1, 2, 1, 300, 300)
     q_pos, k_pos = positions(1, 300, 300)
-    wa(q, k, v, q_pos, k_pos, None, 0.3, "attn")
+    wa(q, k, v, Positions(q_pos, k_pos), 0.3, "attn")
     assert wa.computed == wa.scores_computed(300)
     # counted by hand, blocks of 4 over 10 tokens, w=3, sink 0, global 5: rows 0-3 x keys 0-3, rows 4,6,7 x
     # keys 0,2-7, rows 8,9 x keys 0,5,6-9, and the global row 5 x keys 0-5
@@ -120,7 +121,7 @@ def test_fast_path_computes_o_of_t_times_window():
     q, k, v = qkv(1, 2, 1, 1, 500)
     q_pos, k_pos = positions(1, 1, 500)
     decode = WindowAttention(w, g)
-    decode(q, k, v, q_pos, k_pos, None, 0.3, "attn")
+    decode(q, k, v, Positions(q_pos, k_pos), 0.3, "attn")
     assert decode.computed == w + g
 
 
@@ -130,18 +131,18 @@ def test_padding_and_tracing_fall_back_to_the_reference():
     k_valid = torch.ones(2, 12, dtype=torch.bool)
     k_valid[0, :3] = False
     k_pos = torch.stack([(torch.arange(12) - 3).clamp(min=0), torch.arange(12)])
-    out = wa(q, k, v, k_pos, k_pos, k_valid, 0.3, "attn")
+    out = wa(q, k, v, Positions(k_pos, k_pos, k_valid), 0.3, "attn")
     assert wa.last_note.startswith("reference")
     assert torch.isfinite(out).all()
     from ds_core import trace
 
     q_pos, k_pos = positions(2, 12, 12)
     with trace.tracing() as tr:
-        traced = wa(q, k, v, q_pos, k_pos, None, 0.3, "attn")
+        traced = wa(q, k, v, Positions(q_pos, k_pos), 0.3, "attn")
     assert wa.last_note.startswith("reference")
     assert tr["attn.probs"].shape == (2, 2, 12, 12)
     assert torch.equal(tr["attn.probs"] > 0, brute_allowed(wa, q_pos, k_pos, None)[:, None].expand(2, 2, 12, 12))
-    torch.testing.assert_close(traced, wa(q, k, v, q_pos, k_pos, None, 0.3, "attn"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(traced, wa(q, k, v, Positions(q_pos, k_pos), 0.3, "attn"), atol=1e-5, rtol=1e-5)
 
 
 # ---- through a real model ----------------------------------------------------------------------------
@@ -152,14 +153,18 @@ def model(tmp_path_factory):
     return DeepSeekModel.from_pretrained(path)
 
 
-class ReferenceOnly:
+class ReferenceOnly(AttentionBackend):
     """A backend that always runs WindowAttention's explicit masked softmax."""
 
     def __init__(self, wa: WindowAttention):
+        super().__init__()
         self.wa = wa
 
     def __call__(self, *args):
         return self.wa.reference(*args)
+
+    def describe(self, n_tokens: int) -> str:
+        return f"reference of {self.wa!r}"
 
 
 @pytest.mark.parametrize("mla", ["naive", "absorbed"])
@@ -197,6 +202,9 @@ def test_backends_by_name_with_options_and_clear_errors():
         get_backend("sparse")
     with pytest.raises(ValueError, match="attention temperature τ_attn must be a finite number > 0"):
         get_backend("dense", temperature=0)
+    with pytest.raises(ValueError, match="attention backend must be None, a name .* or an AttentionBackend, got "
+                                         "function"):
+        get_backend(lambda q, k, v, pos, scale, name: v)  # a plain callable does not honour the contract
 
 
 def test_dense_attention_temperature_divides_the_scores():
@@ -207,5 +215,5 @@ def test_dense_attention_temperature_divides_the_scores():
     for tau in (0.25, 1.0, 3.0):
         scores = (q @ k.transpose(-1, -2) * 0.5 / tau).masked_fill(~causal, float("-inf"))
         expected = scores.softmax(-1) @ v
-        got = DenseAttention(temperature=tau)(q, k, v, pos, pos, None, 0.5, "t")
+        got = DenseAttention(temperature=tau)(q, k, v, Positions(pos, pos), 0.5, "t")
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)

@@ -16,8 +16,7 @@ It is a reference backend: the masked softmax over all T×S pairs (torch SDPA wi
 trace; DenseAttention.explicit inside one, recording `{name}.scores` and `{name}.probs`). fraction_computed says
 what a blocked kernel would score: each block of queries against its own block plus the global keys.
 
-Shapes as in dense.py: q [B, H, T, d], k [B, Hk, S, d], v [B, Hk, S, dv], Hk = H or 1; q_pos [B, T],
-k_pos [B, S]; k_valid [B, S] or None.
+Shapes as in base.py: q [B, H, T, d], k [B, Hk, S, d], v [B, Hk, S, dv], Hk = H or 1; pos: Positions.
 """
 
 from __future__ import annotations
@@ -26,11 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import trace
-from .dense import DenseAttention, check_temperature
 from ..checks import check_int
+from .base import AttentionBackend, Positions, check_global_positions, global_reach
+from .dense import DenseAttention
 
 
-class BlockLocalAttention:
+class BlockLocalAttention(AttentionBackend):
     """Fixed blocks of `block` positions, causal inside each block, + `n_global` first tokens + `global_positions`."""
 
     name = "block_local"
@@ -39,35 +39,22 @@ class BlockLocalAttention:
                  temperature: float = 1.0):
         self.block = check_int("block", block, 1)
         self.n_global = check_int("n_global", n_global, 0)
-        global_positions = tuple(global_positions)
-        for p in global_positions:
-            check_int(f"global position {p!r} (in global_positions)", p, 0)
-        self.global_positions = tuple(sorted(set(int(p) for p in global_positions)))
-        self.temperature = check_temperature(temperature)
-        self.dense = DenseAttention()
+        self.global_positions = check_global_positions(global_positions)
+        super().__init__(temperature)
 
     def __repr__(self) -> str:
         return (f"BlockLocalAttention(block={self.block}, n_global={self.n_global}, "
                 f"global_positions={self.global_positions}, temperature={self.temperature})")
 
     # ---- the rule -----------------------------------------------------------------------------------
-    def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor | None) -> torch.Tensor:
-        """Bool [B, T, S]: may query t read key s? The rule above; padding is never read."""
-        p, s = q_pos[:, :, None], k_pos[:, None, :]
-        reach = (p // self.block == s // self.block) | (s < self.n_global)
-        if self.global_positions:
-            glob = torch.tensor(self.global_positions, device=q_pos.device)
-            reach = reach | torch.isin(s, glob) | torch.isin(p, glob)
-        ok = self.dense.allowed(q_pos, k_pos, None) & reach  # causal
-        if k_valid is not None:
-            ok = ok & k_valid[:, None, :]
-            ok[..., 0] |= ~ok.any(-1)  # a padding query sees no key: key 0 keeps its (unused) output finite
-        return ok
+    def reach(self, p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The rule above, causality and padding aside (allowed() adds those)."""
+        return (p // self.block == s // self.block) | global_reach(p, s, self.n_global, self.global_positions)
 
     # ---- running ------------------------------------------------------------------------------------
-    def __call__(self, q, k, v, q_pos, k_pos, k_valid, scale: float, name: str) -> torch.Tensor:
+    def __call__(self, q, k, v, pos: Positions, scale: float, name: str) -> torch.Tensor:
         """-> [B, H, T, dv]: the masked softmax, explicit (and recorded) inside a trace, else through SDPA."""
-        allowed = self.allowed(q_pos, k_pos, k_valid)
+        allowed = self.allowed(pos.q, pos.k, pos.k_valid)
         scale = scale / self.temperature
         if trace.active() is not None:
             return DenseAttention.explicit(q, k, v, allowed, scale, name)
@@ -97,3 +84,7 @@ class BlockLocalAttention:
     def fraction_computed(self, T: int, S: int | None = None) -> float:
         """Share of dense attention's T×S scores a blocked kernel computes: about (block + g) / S for long inputs."""
         return self.scores_computed(T, S) / (T * (T if S is None else S))
+
+    def describe(self, n_tokens: int) -> str:
+        return (f"blocks of {self.block} + {self.n_global} global tokens + {len(self.global_positions)} global "
+                f"positions over {n_tokens} tokens: masked softmax over all pairs")

@@ -13,10 +13,11 @@ are rotated by position, as V3.2 does: in layer 0, x is the bare token embedding
 could not prefer nearby tokens. Then for each query the k keys with the highest I(t, ·) among those it may read
 (causal, no padding) are the only keys its attention reads; ties break towards earlier keys (a stable sort).
 
-How it plugs into MLA: a backend is called with q, k, v and positions only, so MLA.forward first calls
-`backend.observe(layer, x, q_pos, cache)` on backends that have it. observe computes the indexer's queries and
-keys; the indexer keys of earlier tokens are kept per cache object, so decoding with a KV cache selects as a
-full forward pass would. A cache must therefore be used with one DSAAttention from its first token on.
+How it plugs into MLA: a backend is called with q, k, v and positions only, so it overrides the contract's
+observe hook (base.py), which MLA.forward calls first with the layer's normed input: observe computes the
+indexer's queries and keys; the indexer keys of earlier tokens are kept per cache object, so decoding with a KV
+cache selects as a full forward pass would. A cache must therefore be used with one DSAAttention from its first
+token on.
 
 The indexer weights live beside the checkpoint (indexer.safetensors + indexer_config.json), not in
 model.safetensors, so transformers loads the directory as before. Train them with
@@ -37,7 +38,8 @@ from torch import nn
 from .. import trace
 from ..cache import GrowingTensor
 from ..checks import check_int
-from .dense import DenseAttention, check_temperature
+from .base import AttentionBackend, Positions
+from .dense import DenseAttention
 
 WEIGHTS_FILE, CONFIG_FILE = "indexer.safetensors", "indexer_config.json"
 TRAIN_COMMAND = "python -m ds_core train-indexer --model {path}"
@@ -137,7 +139,7 @@ class IndexerStack(nn.Module):
 
 # ---- the backend ----------------------------------------------------------------------------------------
 
-class DSAAttention:
+class DSAAttention(AttentionBackend):
     """Top-k sparse attention chosen by a trained IndexerStack (or the checkpoint directory holding one).
 
         dsa = DSAAttention.from_pretrained("assets/ds-tiny", top_k=32)
@@ -156,7 +158,7 @@ class DSAAttention:
     def __init__(self, indexers: "IndexerStack | str | Path", top_k: int, temperature: float = 1.0):
         self.indexers = indexers if isinstance(indexers, IndexerStack) else IndexerStack.from_pretrained(indexers)
         self.top_k = check_int("top_k", top_k, 1, why=" (the keys each query reads)")
-        self.temperature = check_temperature(temperature)
+        super().__init__(temperature)
         self.dense = DenseAttention()
         self.last_note = ""  # how the last call ran: dense or top-k
         self.last_selection: dict[str, torch.Tensor | None] = {}  # attention name -> [B, T, k] (None: ran dense)
@@ -171,18 +173,18 @@ class DSAAttention:
         return f"DSAAttention(top_k={self.top_k}, temperature={self.temperature})"
 
     # ---- the indexer, fed by MLA.forward --------------------------------------------------------------
-    def observe(self, layer: int, x: torch.Tensor, q_pos: torch.Tensor, cache) -> None:
-        """Run layer `layer`'s indexer on x [B, T, D] (the normed attention input) at positions q_pos [B, T];
+    def observe(self, layer: int, x: torch.Tensor, pos: Positions, cache) -> None:
+        """Run layer `layer`'s indexer on x [B, T, D] (the normed attention input) at the query positions pos.q;
         append its keys to those kept for `cache` (None: a pass without cache). The next call uses the result."""
         indexer = self.indexers.layers[layer]
         if indexer.wk.weight.device != x.device:
             self.indexers.to(x.device)
         x = x.to(indexer.wk.weight.dtype)  # a bf16 model still gets fp32 index scores
-        keys = indexer.keys(x, q_pos)
+        keys = indexer.keys(x, pos.q)
         if cache is not None:
             per_layer = self.cached_keys.setdefault(cache, [GrowingTensor(dim=1) for _ in self.indexers.layers])
             keys = per_layer[layer].append(keys)
-        self.pending = (indexer, *indexer.queries(x, q_pos), keys)
+        self.pending = (indexer, *indexer.queries(x, pos.q), keys)
 
     def index_scores(self, n_keys: int, needed: bool = True) -> torch.Tensor | None:
         """I(t, s) [B, T, S] from what observe left (None when not `needed`: a dense call only checks and clears
@@ -199,14 +201,14 @@ class DSAAttention:
         return indexer.scores(q, w, keys) if needed else None
 
     # ---- running ------------------------------------------------------------------------------------
-    def __call__(self, q, k, v, q_pos, k_pos, k_valid, scale: float, name: str) -> torch.Tensor:
-        """-> [B, H, T, dv]. Shapes as in dense.py. Picks each query's top_k keys by the indexer, attends to those."""
+    def __call__(self, q, k, v, pos: Positions, scale: float, name: str) -> torch.Tensor:
+        """-> [B, H, T, dv]. Shapes as in base.py. Picks each query's top_k keys by the indexer, attends to those."""
         S = k.shape[2]
         index = self.index_scores(S, needed=self.top_k < S)
         if index is None:  # every causal key is among the top k: dense attention, exactly
             self.last_note, self.last_selection[name] = self.describe(S), None
-            return self.dense(q, k, v, q_pos, k_pos, k_valid, scale / self.temperature, name)
-        allowed = self.dense.allowed(q_pos, k_pos, k_valid)
+            return self.dense(q, k, v, pos, scale / self.temperature, name)
+        allowed = self.allowed(pos.q, pos.k, pos.k_valid)  # the contract's rule: causal, padding never read
         selected = self.select(index, allowed, self.top_k)
         self.last_selection[name] = selected
         trace.record(f"{name}.dsa_index", index.masked_fill(~allowed, float("-inf")))

@@ -15,8 +15,7 @@ Three ways to run it, equal up to rounding:
   sinks, the global keys and the band of the last `window` positions) and scores those. Queries at global
   positions read every earlier key, so they form one extra group with all keys.
 
-Shapes as in dense.py: q [B, H, T, d], k [B, Hk, S, d], v [B, Hk, S, dv], Hk = H or 1; q_pos [B, T],
-k_pos [B, S]; k_valid [B, S] or None.
+Shapes as in base.py: q [B, H, T, d], k [B, Hk, S, d], v [B, Hk, S, dv], Hk = H or 1; pos: Positions.
 """
 
 from __future__ import annotations
@@ -28,10 +27,11 @@ from einops import rearrange, repeat
 
 from .. import trace
 from ..checks import check_int
-from .dense import DenseAttention, check_temperature
+from .base import AttentionBackend, Positions, check_global_positions, global_reach
+from .dense import DenseAttention
 
 
-class WindowAttention:
+class WindowAttention(AttentionBackend):
     """Sliding window of `window` tokens + `n_global` sink tokens + `global_positions`, at temperature τ.
 
     Not a DenseAttention subclass on purpose: code that asks isinstance(backend, DenseAttention) (the compiled
@@ -44,11 +44,8 @@ class WindowAttention:
                  temperature: float = 1.0, block: int = 64):
         self.window = check_int("window", window, 1)
         self.n_global = check_int("n_global", n_global, 0)
-        global_positions = tuple(global_positions)  # a list or generator is fine too; read it once
-        for p in global_positions:
-            check_int(f"global position {p!r} (in global_positions)", p, 0)
-        self.global_positions = tuple(sorted(set(int(p) for p in global_positions)))
-        self.temperature = check_temperature(temperature)
+        self.global_positions = check_global_positions(global_positions)
+        super().__init__(temperature)
         self.block = check_int("block", block, 1)
         self.dense = DenseAttention()
         self.last_note = ""   # how the last call ran: dense, reference or block-sparse
@@ -59,53 +56,43 @@ class WindowAttention:
                 f"global_positions={self.global_positions}, temperature={self.temperature})")
 
     # ---- the rule -----------------------------------------------------------------------------------
-    def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor | None) -> torch.Tensor:
-        """Bool [B, T, S]: may query t read key s? The rule above; padding is never read."""
-        p, s = q_pos[:, :, None], k_pos[:, None, :]
-        reach = (p - s < self.window) | (s < self.n_global)
-        if self.global_positions:
-            glob = torch.tensor(self.global_positions, device=q_pos.device)
-            reach = reach | torch.isin(s, glob) | torch.isin(p, glob)
-        ok = self.dense.allowed(q_pos, k_pos, None) & reach  # dense.allowed without padding: causal
-        if k_valid is not None:
-            ok = ok & k_valid[:, None, :]
-            # As in DenseAttention.allowed: a padding query sees no key; let it see key 0 so its (unused)
-            # output stays finite. (A real query always sees itself: p - p = 0 < window.)
-            ok[..., 0] |= ~ok.any(-1)
-        return ok
+    def reach(self, p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The rule above, causality and padding aside (allowed() adds those)."""
+        return (p - s < self.window) | global_reach(p, s, self.n_global, self.global_positions)
 
     # ---- running ------------------------------------------------------------------------------------
-    def __call__(self, q, k, v, q_pos, k_pos, k_valid, scale: float, name: str) -> torch.Tensor:
+    def __call__(self, q, k, v, pos: Positions, scale: float, name: str) -> torch.Tensor:
         """-> [B, H, T, dv]. Picks dense, reference or block-sparse; `last_note` says which ran."""
-        span = int(q_pos.max()) - int(k_pos.min()) + 1  # positions from the first key to the last query
+        span = int(pos.q.max()) - int(pos.k.min()) + 1  # positions from the first key to the last query
         if self.window >= span:  # every causal pair is within the window: the rule is plain causal
             self.last_note = self.describe(span)
-            return self.dense(q, k, v, q_pos, k_pos, k_valid, scale / self.temperature, name)
-        offsets = self.contiguous_offsets(q_pos, k_pos, k_valid)
+            return self.dense(q, k, v, pos, scale / self.temperature, name)
+        offsets = self.contiguous_offsets(pos)
         if trace.active() is not None or offsets is None:
             self.last_note = "reference: explicit masked softmax (traced, padded or non-contiguous positions)"
-            return self.reference(q, k, v, q_pos, k_pos, k_valid, scale, name)
+            return self.reference(q, k, v, pos, scale, name)
         out = self.block_sparse(q, k, v, *offsets, scale / self.temperature)
         T, S = q.shape[2], k.shape[2]
         self.last_note = f"{self.describe(S)}; computed {self.computed} of {T * S} scores"
         return out
 
-    def reference(self, q, k, v, q_pos, k_pos, k_valid, scale: float, name: str) -> torch.Tensor:
+    def reference(self, q, k, v, pos: Positions, scale: float, name: str) -> torch.Tensor:
         """The explicit masked softmax over all T×S pairs (DenseAttention.explicit with this rule and τ),
         recording {name}.scores and {name}.probs [B, H, T, S]. Same signature as __call__."""
-        return DenseAttention.explicit(q, k, v, self.allowed(q_pos, k_pos, k_valid), scale / self.temperature, name)
+        return DenseAttention.explicit(q, k, v, self.allowed(pos.q, pos.k, pos.k_valid), scale / self.temperature,
+                                       name)
 
     @staticmethod
-    def contiguous_offsets(q_pos, k_pos, k_valid) -> tuple[int, int] | None:
-        """(q0, k0) if every batch row has q_pos = q0 + arange(T) and k_pos = k0 + arange(S), the queries lie
-        among the keys and nothing is padded (prefill, or decode with a cache); else None. Then slot i of the
-        keys is position k0 + i, so the keys a position range needs are a slice of slots."""
-        if k_valid is not None:
+    def contiguous_offsets(pos: Positions) -> tuple[int, int] | None:
+        """(q0, k0) if every batch row has q = q0 + arange(T) and k = k0 + arange(S), the queries lie among the
+        keys and nothing is padded (prefill, or decode with a cache); else None. Then slot i of the keys is
+        position k0 + i, so the keys a position range needs are a slice of slots."""
+        if pos.k_valid is not None:
             return None
-        q0, k0 = int(q_pos[0, 0]), int(k_pos[0, 0])
-        T, S = q_pos.shape[1], k_pos.shape[1]
-        q_ok = bool((q_pos == q0 + torch.arange(T, device=q_pos.device)).all())
-        k_ok = bool((k_pos == k0 + torch.arange(S, device=k_pos.device)).all())
+        q0, k0 = int(pos.q[0, 0]), int(pos.k[0, 0])
+        T, S = pos.q.shape[1], pos.k.shape[1]
+        q_ok = bool((pos.q == q0 + torch.arange(T, device=pos.q.device)).all())
+        k_ok = bool((pos.k == k0 + torch.arange(S, device=pos.k.device)).all())
         return (q0, k0) if q_ok and k_ok and k0 <= q0 and q0 + T <= k0 + S else None
 
     def plan(self, q0: int, T: int, k0: int, S: int, device=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

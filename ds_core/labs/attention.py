@@ -28,16 +28,11 @@ from ..tokenizer import Tokenizer
 # ---- cost -----------------------------------------------------------------------------------------------
 def fraction_computed(backend, T: int, S: int | None = None) -> float:
     """Share of dense attention's T×S score matrix that `backend` computes, for T queries that are the last of
-    S keys (S defaults to T: a prefill). Dense attention computes all of it (1.0); any backend with a
-    fraction_computed(T, S) method (WindowAttention) says for itself."""
+    S keys (S defaults to T: a prefill), as the backend says for itself (AttentionBackend.fraction_computed:
+    dense attention computes all of it, 1.0)."""
     T = check_int("T (queries)", T, 1)
     S = T if S is None else check_int("S (keys)", S, T)
-    backend = get_backend(backend)
-    if hasattr(backend, "fraction_computed"):
-        return float(backend.fraction_computed(T, S))
-    if isinstance(backend, DenseAttention):
-        return 1.0
-    raise TypeError(f"{type(backend).__name__} has no fraction_computed(T, S): cannot say what it computes")
+    return float(get_backend(backend).fraction_computed(T, S))
 
 
 # ---- sharpness: attention temperature τ_attn ------------------------------------------------------------------

@@ -290,11 +290,10 @@ def intervene(model, *names: str) -> Iterator:
 
 def shared_weight_copy(model):
     """A copy of model with its own modules but the very same parameter and buffer tensors (no weight memory is
-    copied). An intervention on the copy changes only the copy's modules, so it can run while other requests
-    use the original (the explorer does this)."""
+    copied; the compiled decode's gathered experts, ds_core.perf.moe_gathered, are shared too). An intervention on
+    the copy changes only the copy's modules, so it can run while other requests use the original (the explorer
+    does this)."""
     memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    for moe in (m for m in model.modules() if isinstance(m, MoE) and m.stacked is not None):
-        memo.update({id(t): t for t in moe.stacked})  # the compiled decode's stacked expert weights
     compiled = model.__dict__.get("_compiled_decode")
     if compiled is not None:
         memo[id(compiled)] = None  # compiled code is not copied: the copy compiles its own if asked to

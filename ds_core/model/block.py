@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from .. import trace
+from ..attention import AttentionBackend, Positions
+from ..cache import KVCache
 from ..config import ModelConfig
 from .mla import MLA
 from .moe import MLP, MoE
@@ -24,10 +26,11 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
 
-    def forward(self, x: torch.Tensor, rope, q_pos, cache, backend, mla: str) -> torch.Tensor:
-        """x [B, T, D] -> [B, T, D]."""
+    def forward(self, x: torch.Tensor, rope, pos: Positions, cache: KVCache | None, backend: AttentionBackend,
+                mla: str) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]. rope, pos, cache, backend, mla: as MLA.forward takes them."""
         trace.record(f"{self.name}.input", x)
-        x = x + self.self_attn(self.input_layernorm(x), rope, q_pos, cache, backend, mla)
+        x = x + self.self_attn(self.input_layernorm(x), rope, pos, cache, backend, mla)
         mlp_out = self.mlp(self.post_attention_layernorm(x))
         trace.record(f"{self.name}.mlp.output", mlp_out)
         x = x + mlp_out

@@ -17,8 +17,10 @@ from einops import rearrange
 from torch import nn
 
 from .. import trace
+from ..attention import AttentionBackend, Positions
 from ..cache import KVCache, LatentCache, NaiveCache
 from ..config import ModelConfig
+from .linear import Linear
 from .norm import RMSNorm
 from .rope import apply_rope
 
@@ -31,35 +33,29 @@ class MLA(nn.Module):
         self.n_heads, self.d_nope, self.d_rope, self.d_v = h, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
         self.rank = cfg.kv_lora_rank
         if cfg.q_lora_rank:
-            self.q_a_proj = nn.Linear(d, cfg.q_lora_rank, bias=cfg.attention_bias)
+            self.q_a_proj = Linear(d, cfg.q_lora_rank, bias=cfg.attention_bias)
             self.q_a_layernorm = RMSNorm(cfg.q_lora_rank)
-            self.q_b_proj = nn.Linear(cfg.q_lora_rank, h * cfg.qk_head_dim, bias=False)
+            self.q_b_proj = Linear(cfg.q_lora_rank, h * cfg.qk_head_dim, bias=False)
         else:
-            self.q_proj = nn.Linear(d, h * cfg.qk_head_dim, bias=False)
-        self.kv_a_proj_with_mqa = nn.Linear(d, self.rank + self.d_rope, bias=cfg.attention_bias)
+            self.q_proj = Linear(d, h * cfg.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = Linear(d, self.rank + self.d_rope, bias=cfg.attention_bias)
         self.kv_a_layernorm = RMSNorm(self.rank)
-        self.kv_b_proj = nn.Linear(self.rank, h * (self.d_nope + self.d_v), bias=False)
-        self.o_proj = nn.Linear(h * self.d_v, d, bias=cfg.attention_bias)
+        self.kv_b_proj = Linear(self.rank, h * (self.d_nope + self.d_v), bias=False)
+        self.o_proj = Linear(h * self.d_v, d, bias=cfg.attention_bias)
         self.scale = cfg.softmax_scale
 
-    def forward(self, x, rope, q_pos, cache: KVCache | None, backend, mla: str) -> torch.Tensor:
-        """x [B, T, D], rope: rotations `cis` [B, T, d_rope/2] (complex, see Rotary), q_pos [B, T] -> [B, T, D].
+    def forward(self, x, rope, pos: Positions, cache: KVCache | None, backend: AttentionBackend,
+                mla: str) -> torch.Tensor:
+        """x [B, T, D], rope: rotations `cis` [B, T, d_rope/2] (complex, see Rotary) -> [B, T, D].
 
-        With a cache, k_pos/k_valid come from it (all cached slots plus these T); without, the T tokens only.
+        pos: where the queries and keys sit (with a cache: every cached slot plus these T; without: the T tokens).
         """
         trace.record(f"{self.name}.input", x)
         q_nope, q_rope = self.queries(x, rope)
         latent, k_rope = self.latent(x, rope)
-        if cache is None:
-            k_pos, k_valid = q_pos, None
-        else:
-            k_pos, k_valid = cache.positions.view(), (cache.valid.view() if cache.has_padding else None)
-        if hasattr(backend, "observe"):  # a backend that picks keys from the hidden states (DSA's indexer)
-            backend.observe(self.layer, x, q_pos, cache)
-        if mla == "naive":
-            out = self.naive(q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend)
-        else:
-            out = self.absorbed(q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend)
+        backend.observe(self.layer, x, pos, cache)
+        attend = self.naive if mla == "naive" else self.absorbed
+        out = attend(q_nope, q_rope, latent, k_rope, pos, cache, backend)
         out = self.o_proj(out.flatten(2))  # [B, T, H, d_v] -> [B, T, H·d_v]
         trace.record(f"{self.name}.output", out)
         return out
@@ -92,7 +88,7 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_rope[:, None].expand(-1, self.n_heads, -1, -1)], dim=-1)
         return k, v
 
-    def naive(self, q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend):
+    def naive(self, q_nope, q_rope, latent, k_rope, pos, cache, backend):
         q = torch.cat([q_nope, q_rope], dim=-1)
         k, v = self.expand(latent, k_rope)
         if isinstance(cache, NaiveCache):
@@ -102,12 +98,12 @@ class MLA(nn.Module):
         trace.record(f"{self.name}.q", q)
         trace.record(f"{self.name}.k", k)
         trace.record(f"{self.name}.v", v)
-        out = backend(q, k, v, q_pos, k_pos, k_valid, self.scale, self.name)  # [B, H, T, d_v]
+        out = backend(q, k, v, pos, self.scale, self.name)  # [B, H, T, d_v]
         return rearrange(out, "b h t d -> b t h d")
 
-    def absorbed(self, q_nope, q_rope, latent, k_rope, q_pos, k_pos, k_valid, cache, backend):
-        # kv_b_proj.weight [H·(d_nope + d_v), r] is, per head, W_UK [d_nope, r] stacked on W_UV [d_v, r]
-        w = self.kv_b_proj.weight.view(self.n_heads, self.d_nope + self.d_v, self.rank)
+    def absorbed(self, q_nope, q_rope, latent, k_rope, pos, cache, backend):
+        # kv_b_proj's matrix [H·(d_nope + d_v), r] is, per head, W_UK [d_nope, r] stacked on W_UV [d_v, r]
+        w = rearrange(self.kv_b_proj.matrix(), "(h d) r -> h d r", h=self.n_heads)
         w_uk, w_uv = w.split_with_sizes([self.d_nope, self.d_v], dim=1)
         kv = torch.cat([latent, k_rope], dim=-1)  # [B, S, r + d_rope]: all a token leaves in the cache
         if isinstance(cache, LatentCache):
@@ -123,6 +119,6 @@ class MLA(nn.Module):
         q = torch.cat([q_latent, q_rope], dim=-1)                # [B, H, T, r + d_rope]
         k = kv.unsqueeze(1)                                      # [B, 1, S, r + d_rope], one "head" for all
         v = k[..., : self.rank]                                  # [B, 1, S, r]: the values are the latent
-        out_latent = backend(q, k, v, q_pos, k_pos, k_valid, self.scale, self.name)  # [B, H, T, r]
+        out_latent = backend(q, k, v, pos, self.scale, self.name)   # [B, H, T, r]
         out = torch.matmul(out_latent, w_uv.transpose(1, 2))      # [B, H, T, d_v]: W_UV folded into the output
         return out.transpose(1, 2)                                # [B, T, H, d_v]

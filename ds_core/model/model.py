@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from .. import trace
-from ..attention import get_backend
+from ..attention import Positions, get_backend
 from ..cache import KVCache, new_cache
 from ..config import ModelConfig
 from .block import DecoderLayer
+from .linear import Linear
 from .norm import RMSNorm
 from .rope import Rotary
 
@@ -32,7 +33,7 @@ class DeepSeekModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = Rotary(cfg)
@@ -64,13 +65,14 @@ class DeepSeekModel(nn.Module):
             raise ValueError(f"mla must be one of {MLA_IMPLS}, got {mla!r}")
         backend = get_backend(backend)
         positions = self.assign_positions(input_ids, cache, attention_mask)
+        pos = Positions.of_pass(positions, cache)  # the same for every layer
 
         x = self.embed_tokens(input_ids)
         trace.record("embed", x)
         trace.record("positions", positions)
         rope = self.rotary(positions)
         for layer in self.layers:
-            x = layer(x, rope, positions, cache, backend, mla)
+            x = layer(x, rope, pos, cache, backend, mla)
         x = self.norm(x)
         trace.record("final_norm", x)
         logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep > 0 else x).float()

@@ -13,6 +13,7 @@ The router (DeepSeek-V3):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import nn
 
 from .. import trace
 from ..config import ModelConfig
+from .linear import Linear
 
 
 class MLP(nn.Module):
@@ -27,9 +29,9 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, bias: bool = False):
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
-        self.up_proj = nn.Linear(dim, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.gate_proj = Linear(dim, hidden, bias=bias)
+        self.up_proj = Linear(dim, hidden, bias=bias)
+        self.down_proj = Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -81,9 +83,10 @@ class Router(nn.Module):
 
 
 class MoE(nn.Module):
-    # copies of the routed experts' weights for the compiled decode step (stack_experts); not parameters
-    stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    _stacked_from: tuple | None = None
+    # The one-token path the compiled decode step runs instead of run_experts_one_token: x [1, D], Routing ->
+    # [1, D] with no Python int taken from a tensor. Installed by ds_core.perf.moe_gathered (CompiledDecode does);
+    # a plain attribute, so it is neither a submodule nor in the state_dict.
+    gathered: Callable[[torch.Tensor, Routing], torch.Tensor] | None = None
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -137,44 +140,12 @@ class MoE(nn.Module):
         """x [1, D] -> [1, D]. Batch-1 decoding: run the token's k experts in turn. Grouping tokens by expert
         (run_experts) pays for itself when many tokens share experts; for one token it is pure overhead."""
         if torch.compiler.is_compiling():  # .tolist() would break the graph: pick weights by tensor index instead
-            return self.run_experts_gathered(x, r)
+            if self.gathered is None:
+                raise RuntimeError(f"{self.name}: compiling the one-token path needs its gathered experts: "
+                                   "ds_core.perf.moe_gathered.install(model) first")
+            return self.gathered(x, r)
         experts, weights = r.experts[0].tolist(), r.weights[0].tolist()
         out = self.experts[experts[0]](x) * weights[0]
         for e, weight in zip(experts[1:], weights[1:]):
             out += self.experts[e](x) * weight
         return out
-
-    def run_experts_gathered(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
-        """x [1, D] -> [1, D], equal to run_experts_one_token, for torch.compile: the k experts' weights are
-        gathered from stacked copies (stack_experts) by the expert ids as a tensor, so no Python int is needed.
-        Written as multiply-and-sum so the compiler fuses gather and product into one pass over the weights
-        (eagerly this is slower than the loop, so only the compiled decode step uses it)."""
-        if self.stacked is None:
-            raise RuntimeError(f"{self.name}: call stack_experts() before compiling the one-token path")
-        gate, up, down = self.stacked                                    # [E, F, D], [E, F, D], [E, D, F]
-        experts, weights = r.experts[0], r.weights[0].to(x.dtype)       # [k], [k]
-        h = F.silu((gate[experts] * x).sum(-1)) * (up[experts] * x).sum(-1)  # [k, F]
-        h = h * weights[:, None]
-        return (down[experts] * h[:, None, :]).sum(-1).sum(0, keepdim=True)  # [k, D] -> [1, D]
-
-    def stack_experts(self) -> None:
-        """Make (or refresh) `stacked`: copies of the routed experts' weights as gate [E, F, D], up [E, F, D],
-        down [E, D, F], for run_experts_gathered. Inference only: plain attributes, not parameters or buffers,
-        so names and state_dict are untouched. Rebuilt when any expert weight was replaced or changed in place
-        since (compared by storage and version counter), e.g. after loading or training."""
-        if any(p is not None for e in self.experts for p in (e.gate_proj.bias, e.up_proj.bias, e.down_proj.bias)):
-            raise NotImplementedError(f"{self.name}: experts with biases have no gathered one-token path")
-        weights = [[getattr(e, proj).weight for e in self.experts] for proj in ("gate_proj", "up_proj", "down_proj")]
-        source = tuple((w.data_ptr(), _version(w)) for ws in weights for w in ws)
-        if source != self._stacked_from:
-            with torch.no_grad():
-                self.stacked = tuple(torch.stack(ws) for ws in weights)
-            self._stacked_from = source
-
-
-def _version(t: torch.Tensor) -> int | None:
-    """t's in-place-modification counter, or None for an inference tensor (which keeps none)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return None

@@ -8,7 +8,7 @@ How, without a second copy of the model:
 - a StaticLatentCache keeps every shape and tensor the same from step to step (no recompiling per token), and
   its unwritten slots are masked like padding;
 - MoE, when compiling, picks the chosen experts' weights by tensor index from stacked copies
-  (MoE.run_experts_gathered) instead of Python ints (.tolist() would break the graph);
+  (ds_core.perf.moe_gathered, installed by new_cache) instead of Python ints (.tolist() would break the graph);
 - trace.record and trace.active are no-ops to the compiler (torch._dynamo ignore_logging_functions), so the
   compiled step never records: when a trace is active, the step runs eagerly instead and records as usual.
 
@@ -29,7 +29,7 @@ import torch
 from .. import trace
 from ..attention import DenseAttention
 from ..cache import StaticLatentCache
-from ..model.moe import MoE
+from . import moe_gathered
 
 # The compiled code must not look up the tracer's context variable (a graph break); it never records either.
 torch._dynamo.config.ignore_logging_functions |= {trace.record, trace.active}
@@ -63,18 +63,16 @@ class CompiledDecode:
         # the compiled step runs the default backend: plain dense attention at τ_attn = 1
         dense = backend is None or backend == "dense" or (type(backend) is DenseAttention
                                                           and backend.temperature == 1.0)
-        plain_experts = not self.model.config.mlp_bias  # MoE.run_experts_gathered has no biases
+        plain_experts = not self.model.config.mlp_bias  # the gathered experts have no biases
         return (self.error is None and batch == 1 and (mla or self.model.mla) == "absorbed" and dense
                 and plain_experts)
 
     def new_cache(self, batch: int, length: int) -> StaticLatentCache:
         """A StaticLatentCache for `length` tokens (prompt + new), capacity rounded up to a power of two.
-        Call it once per generation: it also refreshes the MoE layers' stacked expert weights, in case the
-        weights changed since the last one (stack_experts rebuilds only then)."""
+        Call it once per generation: it also refreshes the MoE layers' gathered experts, in case the weights
+        changed since the last one (moe_gathered.install rebuilds only then)."""
         cfg, model = self.model.config, self.model
-        for module in model.modules():
-            if isinstance(module, MoE):
-                module.stack_experts()
+        moe_gathered.install(model)
         capacity = max(MIN_CAPACITY, 1 << (length - 1).bit_length())
         return StaticLatentCache(cfg.num_hidden_layers, batch, capacity, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
                                  dtype=model.dtype, device=model.device)
