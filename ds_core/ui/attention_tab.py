@@ -87,8 +87,7 @@ def scheme_mask(backend, tr, layer: int, T: int) -> torch.Tensor:
     if selected is not None:
         return DSAAttention.selection_mask(selected, T)[0].cpu()
     pos = torch.arange(T)[None]
-    rule = getattr(backend, "allowed", DenseAttention().allowed)  # DSA has none of its own: running dense, causal
-    return rule(pos, pos, None)[0]
+    return backend.allowed(pos, pos, None)[0]
 
 
 @torch.inference_mode()
@@ -100,7 +99,7 @@ def analyse(model, ids: torch.Tensor, backend, layer: int, head: int) -> dict:
     T = ids.shape[1]
     dense_logits = model(ids, backend=DenseAttention())[0]
     logits = model(ids, backend=backend)[0]
-    note = getattr(backend, "last_note", "") or "dense: every query reads every earlier key"
+    note = backend.last_note or backend.describe(T)  # a backend that always runs one way leaves no note
     with model.trace() as tr:
         model(ids, backend=backend)
     probs = tr[f"layers.{layer}.attn.probs"]  # [1, H, T, T]
