@@ -107,9 +107,9 @@ class MoE(nn.Module):
         r = self.gate(flat)
         routed = self.run_experts(flat, r).view(B, T, D)
         if trace.active() is not None:
-            for key in ("scores", "biased_scores", "group_scores", "kept_groups", "experts", "weights"):
-                if getattr(r, key) is not None:
-                    trace.record(f"{self.name}.{key}", getattr(r, key).view(B, T, -1))
+            for key, value in vars(r).items():  # every step of the routing decision, per token
+                if value is not None:
+                    trace.record(f"{self.name}.{key}", value.view(B, T, -1))
             trace.record(f"{self.name}.routed_output", routed)
         if self.shared_experts is None:
             return routed
