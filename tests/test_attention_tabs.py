@@ -1,6 +1,6 @@
 """The Attention & masks and τ sharpness tabs through gradio_client: every picture and number is checked against
 the engine, computed here independently (traced forward passes, WindowAttention.allowed, the DSA selection,
-attention_lab.sharpness, next_token_probs, ds_core.generate)."""
+ds_core.labs.attention.sharpness, next_token_probs, ds_core.generate)."""
 
 from __future__ import annotations
 

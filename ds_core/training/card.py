@@ -176,7 +176,7 @@ def card(model_dir: Path, result: dict, sample_rows: list[dict], training: dict,
         "words drawn at random, told once and repeated word for word later: only copying predicts it.",
         f"- **Tokenizer** (`ds_core/data/bpe.py`): byte-level BPE with {cfg.vocab_size:,} tokens, trained with "
         "the `tokenizers` library on the training split; `<bos>` = 0, `<eos>` = 1.",
-        f"- **Recipe** (`ds_core/train.py`): {tc['steps']:,} steps of {tc['batch_size']} windows × "
+        f"- **Recipe** (`ds_core/training/train.py`): {tc['steps']:,} steps of {tc['batch_size']} windows × "
         f"{tc['seq_len']} tokens ({tokens / 1e6:.1f}M tokens), windows starting at story starts; AdamW "
         f"(β = 0.9, 0.95; weight decay {tc['weight_decay']}), learning rate {tc['lr']:g} after "
         f"{tc['warmup']} warm-up steps, cosine decay to {tc['min_lr']:g}; gradient clipping at "

@@ -5,7 +5,7 @@ positions; or DSA, whose lightning indexer picks each query's top-k keys) at att
 - the mask, query × key: the pairs the rule allows (for DSA, the keys this prompt's indexer picked in the layer)
 - the real attention probabilities of one layer and head under it: `layers.{i}.attn.probs` [1, H, T, T] of a
   traced forward pass with that backend (zero wherever the mask is)
-- the share of dense attention's T×T scores the backend's fast path computes (attention_lab.fraction_computed)
+- the share of dense attention's T×T scores the backend's fast path computes (ds_core.labs.attention.fraction_computed)
   and how it ran (the backend's last_note)
 - what it loses against dense attention (τ_attn = 1, the model as trained) on this prompt: next-token
   KL(dense ‖ scheme) averaged over the T positions, and how often the greedy next token changes

@@ -9,9 +9,9 @@ For the prompt and one MoE layer, from the Router's own traced intermediates (ds
 - the load: token slots each expert received, in every MoE layer
 - the L2 norms of the shared and the routed contribution, per token
 On request, the interventions (force top-1, drop the shared expert, switch off the correction bias) measured on
-the story corpus: perplexity and greedy recall against the model as trained (moe_lab.measure_interventions). They
-run on a copy of the model that shares its weights (moe_lab.shared_weight_copy), so requests in other tabs never
-see a patched model.
+the story corpus: perplexity and greedy recall against the model as trained
+(ds_core.labs.moe.measure_interventions). They run on a copy of the model that shares its weights
+(ds_core.labs.moe.shared_weight_copy), so requests in other tabs never see a patched model.
 
 Events (api_name), each served by the handler on_<api_name>:
     moe_routing(prompt, layer, token) -> (summary markdown, heatmap, steps markdown, steps table, steps figure,
@@ -124,7 +124,7 @@ def interventions_table(rows: list[dict]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Sandbox:
-    """Where the interventions run: a copy of the model sharing its weights (moe_lab.shared_weight_copy), so
+    """Where the interventions run: a copy of the model sharing its weights (ds_core.labs.moe.shared_weight_copy), so
     requests in other tabs never see a patched model, and the lock that lets one measurement patch it at a time."""
 
     model: "DeepSeekModel"
